@@ -1,0 +1,127 @@
+//! `flamingo bench`: random weights at a named shape, no download; prints JSON timings.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::generate::{greedy, GenerateOptions};
+use crate::model::config::{MosaicGptConfig, VisionConfig};
+use crate::model::loader::random_model;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// `tiny` (the test fixtures' shape) or `3b` (OpenFlamingo-3B-vitl-mpt1b).
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// Generated tokens to time.
+    #[arg(long, default_value_t = 20)]
+    pub tokens: usize,
+    /// Images encoded for the per-image figure.
+    #[arg(long, default_value_t = 3)]
+    pub images: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
+    match name {
+        "tiny" => Some((
+            VisionConfig {
+                width: 64,
+                layers: 2,
+                head_width: 32,
+                ..VisionConfig::vit_l14()
+            },
+            MosaicGptConfig {
+                d_model: 32,
+                n_heads: 4,
+                n_layers: 4,
+                ..MosaicGptConfig::mpt_1b()
+            },
+            1,
+        )),
+        "3b" => Some((VisionConfig::vit_l14(), MosaicGptConfig::mpt_1b(), 1)),
+        _ => None,
+    }
+}
+
+/// Peak resident memory of this process, bytes (Linux; None elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A 37-token two-shot prompt shape: `<image>` at the start of each of three chunks.
+pub fn two_shot_prompt(media_id: u32, eoc_id: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for chunk in 0..3u32 {
+        ids.push(media_id);
+        let n = if chunk < 2 { 11 } else { 12 };
+        ids.extend((0..n).map(|i| 1000 + chunk * 100 + i as u32));
+        if chunk < 2 {
+            ids.push(eoc_id);
+        }
+    }
+    ids
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    super::configure_threads(a.threads);
+    let (vcfg, lcfg, every) = shapes(&a.shape)
+        .ok_or_else(|| anyhow::anyhow!("unknown shape `{}` (use tiny or 3b)", a.shape))?;
+    let device = Device::Cpu;
+    device.set_seed(a.seed)?;
+    let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
+    let t0 = Instant::now();
+    let model = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let s = vcfg.image_size;
+    let one = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
+    // Warm-up, then the timed encodes.
+    model.encode_images(&one)?;
+    let t = Instant::now();
+    for _ in 0..a.images.max(1) {
+        model.encode_images(&one)?;
+    }
+    let encode_per_image = t.elapsed().as_secs_f64() / a.images.max(1) as f64;
+
+    let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), &device)?;
+    let latents = model.encode_images(&pixels)?.unsqueeze(0)?;
+    let prompt = two_shot_prompt(media, eoc);
+    let mut session = model.session(&latents)?;
+    let t = Instant::now();
+    let logits = session.forward(&[prompt.clone()])?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    drop(logits);
+    drop(session);
+
+    // Decode: never stop early (no eos), so exactly `tokens` steps are timed.
+    let opts = GenerateOptions {
+        max_new_tokens: a.tokens.max(2),
+        eos_id: u32::MAX,
+        suppress: vec![media],
+        keep_logits: false,
+    };
+    let cancel = AtomicBool::new(false);
+    let g = greedy(&model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
+    let decode_per_token = g.timings.decode_s / (g.tokens.len().max(2) - 1) as f64;
+    let out = serde_json::json!({
+        "shape": a.shape,
+        "dtype": format!("{:?}", DType::F32).to_lowercase(),
+        "threads": candle_core::utils::get_num_threads(),
+        "build_s": build_s,
+        "encode_s_per_image": encode_per_image,
+        "prompt_tokens": prompt.len(),
+        "prefill_s": prefill_s,
+        "decode_s_per_token": decode_per_token,
+        "decode_tokens": g.tokens.len(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The command line: `flamingo caption …`, `flamingo bench …`.
+
+pub mod bench;
+pub mod npy;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+use crate::hub::DEFAULT_MODEL;
+use crate::pipeline::{CaptionRequest, Captioner, Shot};
+use crate::text::prompt::{Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE, DEFAULT_ZEROSHOT_TEMPLATE};
+
+#[derive(Parser, Debug)]
+#[command(name = "flamingo", version, about = "Few-shot image captioning with OpenFlamingo")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Caption QUERY_IMAGE, optionally after example images with their captions.
+    Caption(CaptionArgs),
+    /// Time image encoding, prefill and decoding on random weights of a given shape.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CaptionArgs {
+    /// The query image.
+    #[arg(value_name = "QUERY_IMAGE")]
+    pub query: PathBuf,
+    /// Model id (hub repo of the OpenFlamingo checkpoint).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// An example: an image and its caption (repeat for several).
+    #[arg(long, num_args = 2, value_names = ["IMAGE", "CAPTION"], action = clap::ArgAction::Append)]
+    pub shot: Vec<String>,
+    #[arg(long, default_value_t = 20)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value = DEFAULT_SHOT_TEMPLATE)]
+    pub shot_template: String,
+    #[arg(long, default_value = DEFAULT_FINAL_TEMPLATE)]
+    pub final_template: String,
+    #[arg(long, default_value = DEFAULT_ZEROSHOT_TEMPLATE)]
+    pub zeroshot_template: String,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every generation step's logits as an f32 .npy of shape [steps, vocab].
+    #[arg(long, value_name = "FILE.npy")]
+    pub logits_out: Option<PathBuf>,
+    /// Compute threads (default: all cores but one on small machines).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Threads for candle's CPU kernels unless the user chose (RAYON_NUM_THREADS or --threads).
+pub fn configure_threads(requested: Option<usize>) {
+    if let Some(n) = requested {
+        // Read by candle's thread pool when it starts, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Caption(a)) => caption(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+    }
+}
+
+fn caption(a: CaptionArgs) -> anyhow::Result<()> {
+    configure_threads(a.threads);
+    let shots = a
+        .shot
+        .chunks(2)
+        .map(|c| Shot {
+            image: PathBuf::from(&c[0]),
+            caption: c.get(1).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let req = CaptionRequest {
+        shots,
+        query: a.query.clone(),
+        templates: Templates {
+            shot: a.shot_template,
+            final_: a.final_template,
+            zeroshot: a.zeroshot_template,
+        },
+        max_new_tokens: a.max_new_tokens,
+        keep_logits: a.logits_out.is_some(),
+    };
+    let device = candle_core::Device::Cpu;
+    let captioner = Captioner::load(&a.model, &device)?;
+    let cancel = AtomicBool::new(false);
+    let json = a.json;
+    let mut stdout = std::io::stdout();
+    let res = captioner.caption(&req, &cancel, |chunk| {
+        if !json {
+            let _ = write!(stdout, "{chunk}");
+            let _ = stdout.flush();
+        }
+    })?;
+    if let Some(path) = &a.logits_out {
+        write_logits(path, &res.generated.step_logits)?;
+    }
+    if json {
+        let t = &res.generated.timings;
+        let obj = serde_json::json!({
+            "model": captioner.model_id,
+            "text": res.text,
+            "token_ids": res.generated.tokens,
+            "prompt": res.prompt,
+            "prompt_token_ids": res.prompt_ids,
+            "stopped_by_eos": res.generated.stopped_by_eos,
+            "timings": {
+                "load_s": captioner.load_s,
+                "encode_s": t.encode_s,
+                "prefill_s": t.prefill_s,
+                "decode_s": t.decode_s,
+                "decode_tokens": t.decode_tokens,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn write_logits(path: &std::path::Path, rows: &[Vec<f32>]) -> Result<()> {
+    let vocab = rows.first().map(|r| r.len()).unwrap_or(0);
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    npy::write_f32(path, &[rows.len(), vocab], &flat)
+}

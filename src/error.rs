@@ -1,0 +1,60 @@
+//! One error type for the library; each variant says what went wrong in words a user can act on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "file `{file}` of the model repo `{repo}` is not in the Hugging Face cache ({cache}). {hint}"
+    )]
+    MissingFile {
+        repo: String,
+        file: String,
+        cache: PathBuf,
+        hint: String,
+    },
+    #[error("tensor `{name}` is missing from {source_file}")]
+    MissingTensor { name: String, source_file: String },
+    #[error("tensor `{name}` in {source_file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        source_file: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("cannot read weights from {path}: {reason}")]
+    BadWeights { path: PathBuf, reason: String },
+    #[error("bad model configuration in {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("cannot read image {name}: {reason}")]
+    Image { name: String, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("prompt: {0}")]
+    Prompt(String),
+    #[error(
+        "the prompt and the tokens to generate need {needed} tokens, but the model's context holds {limit}"
+    )]
+    ContextTooLong { needed: usize, limit: usize },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Decoding: greedy with a KV cache, stopping at `<|endofchunk|>` or `max_new_tokens`,
+//! streaming each token as it is chosen and checking a cancel flag every step.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::Flamingo;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Generation stops after this token (it is included in the output ids).
+    pub eos_id: u32,
+    /// Tokens never chosen (e.g. `<image>`: a generated image marker has no image).
+    pub suppress: Vec<u32>,
+    /// Keep every step's logits (for `--logits-out` and tests).
+    pub keep_logits: bool,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub encode_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    pub decode_tokens: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub step_logits: Vec<Vec<f32>>,
+    pub timings: Timings,
+    pub stopped_by_eos: bool,
+}
+
+fn last_row(logits: &Tensor) -> Result<Tensor> {
+    let t = logits.dim(1)?;
+    Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?)
+}
+
+fn argmax_suppressed(row: &[f32], suppress: &[u32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        if v > best_v && !suppress.contains(&(i as u32)) {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding of one prompt. `pixels` [T_img, 3, S, S] are the prompt's images in order.
+/// `on_token` sees each chosen id as soon as it is known.
+pub fn greedy(
+    model: &Flamingo,
+    pixels: Option<&Tensor>,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    cancel: &AtomicBool,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generated> {
+    let mut out = Generated::default();
+    if prompt_ids.is_empty() {
+        return Err(Error::Prompt("the prompt is empty".into()));
+    }
+    let n_markers = prompt_ids.iter().filter(|&&t| t == model.media_id()).count();
+    let n_images = pixels.map(|p| p.dim(0)).transpose()?.unwrap_or(0);
+    if n_markers != n_images {
+        return Err(Error::Prompt(format!(
+            "the prompt has {n_markers} <image> markers but {n_images} images were given"
+        )));
+    }
+    let needed = prompt_ids.len() + opts.max_new_tokens;
+    if needed > model.max_seq_len() {
+        return Err(Error::ContextTooLong {
+            needed,
+            limit: model.max_seq_len(),
+        });
+    }
+    let t0 = Instant::now();
+    let media = match pixels {
+        Some(p) if n_images > 0 => model.encode_images(p)?.unsqueeze(0)?,
+        _ => {
+            let w = model.vision_config().width;
+            Tensor::zeros((1, 0, 64, w), model.dtype(), model.device())?
+        }
+    };
+    out.timings.encode_s = t0.elapsed().as_secs_f64();
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    let mut session = model.session(&media)?;
+    let t1 = Instant::now();
+    let logits = session.forward(&[prompt_ids.to_vec()])?;
+    let mut row = last_row(&logits)?;
+    out.timings.prefill_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    for step in 0..opts.max_new_tokens {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let v: Vec<f32> = row.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let next = argmax_suppressed(&v, &opts.suppress);
+        if opts.keep_logits {
+            out.step_logits.push(v);
+        }
+        out.tokens.push(next);
+        on_token(next);
+        if next == opts.eos_id {
+            out.stopped_by_eos = true;
+            break;
+        }
+        if step + 1 == opts.max_new_tokens {
+            break;
+        }
+        let logits = session.forward(&[vec![next]])?;
+        row = last_row(&logits)?;
+    }
+    out.timings.decode_s = t2.elapsed().as_secs_f64();
+    out.timings.decode_tokens = out.tokens.len();
+    Ok(out)
+}
+
+/// Index of the largest value of each row of [.., V] logits.
+pub fn argmax_last(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?)
+}

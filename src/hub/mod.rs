@@ -1,0 +1,136 @@
+//! Model ids → local files in the Hugging Face cache (the layout Python's huggingface_hub
+//! writes: `models--org--name/{refs/main, snapshots/<rev>/<file>}`), and the model registry.
+
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::loader::ModelFiles;
+use crate::model::weights::WeightFile;
+pub use registry::{ModelSpec, DEFAULT_MODEL};
+
+/// The hub cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// `HF_HUB_OFFLINE` set to a true value.
+pub fn offline() -> bool {
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()),
+        Ok(v) if v == "1" || v == "true" || v == "yes" || v == "on"
+    )
+}
+
+pub fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// A file of a repo in the cache: the snapshot `refs/main` points at, else any snapshot
+/// holding it (newest first).
+pub fn cached_file(cache: &Path, repo: &str, file: &str) -> Option<PathBuf> {
+    let folder = repo_folder(cache, repo);
+    if let Ok(rev) = std::fs::read_to_string(folder.join("refs").join("main")) {
+        let p = folder.join("snapshots").join(rev.trim()).join(file);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let mut snaps: Vec<_> = std::fs::read_dir(folder.join("snapshots"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(file))
+        .filter(|p| p.is_file())
+        .collect();
+    snaps.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    snaps.pop()
+}
+
+fn missing(cache: &Path, repo: &str, file: &str) -> Error {
+    let hint = if offline() {
+        "HF_HUB_OFFLINE is set, so nothing is downloaded: download the model on a machine with network access (or unset HF_HUB_OFFLINE), or point HF_HOME / HF_HUB_CACHE at a cache that has it."
+    } else {
+        "Download the model first (for example with Python: `huggingface-cli download REPO`), or point HF_HOME / HF_HUB_CACHE at a cache that has it."
+    };
+    Error::MissingFile {
+        repo: repo.to_string(),
+        file: file.to_string(),
+        cache: cache.to_path_buf(),
+        hint: hint.replace("REPO", repo),
+    }
+}
+
+/// The first of `candidates` present in the cache, or an error naming the first one.
+fn first_of(cache: &Path, repo: &str, candidates: &[&str]) -> Result<WeightFile> {
+    for c in candidates {
+        if let Some(path) = cached_file(cache, repo, c) {
+            return Ok(WeightFile {
+                path,
+                label: format!("{repo}/{c}"),
+            });
+        }
+    }
+    Err(missing(cache, repo, candidates[0]))
+}
+
+fn one(cache: &Path, repo: &str, file: &str) -> Result<PathBuf> {
+    cached_file(cache, repo, file).ok_or_else(|| missing(cache, repo, file))
+}
+
+/// Every file of a registered model, from the cache; no network is used.
+pub fn resolve_cached(spec: &ModelSpec) -> Result<ModelFiles> {
+    let cache = cache_dir();
+    let lm_weights = match cached_file(&cache, spec.lm_repo, "model.safetensors.index.json")
+        .or_else(|| cached_file(&cache, spec.lm_repo, "pytorch_model.bin.index.json"))
+    {
+        Some(index) => sharded(&cache, spec.lm_repo, &index)?,
+        None => vec![first_of(
+            &cache,
+            spec.lm_repo,
+            &["model.safetensors", "pytorch_model.bin"],
+        )?],
+    };
+    Ok(ModelFiles {
+        clip_config: one(&cache, spec.clip_repo, "open_clip_config.json")?,
+        clip_weights: first_of(
+            &cache,
+            spec.clip_repo,
+            &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
+        )?,
+        lm_config: one(&cache, spec.lm_repo, "config.json")?,
+        lm_weights,
+        tokenizer: one(&cache, spec.lm_repo, "tokenizer.json")?,
+        checkpoint: first_of(&cache, spec.checkpoint_repo, &[spec.checkpoint_file])?,
+    })
+}
+
+fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
+    let v = crate::model::config::read_json(index)?;
+    let mut files: Vec<String> = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.dedup();
+    files
+        .iter()
+        .map(|f| {
+            Ok(WeightFile {
+                path: one(cache, repo, f)?,
+                label: format!("{repo}/{f}"),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,15 @@
+//! Flamingo: few-shot image captioning and VQA with OpenFlamingo, in Rust.
+//!
+//! Rooms: [`model`] (pure candle), [`text`] (tokenizer and prompts), [`generate`] (decoding),
+//! [`hub`] (where the files are), [`pipeline`] (a loaded model answering a request),
+//! [`cli`] (the command line).
+
+pub mod cli;
+pub mod error;
+pub mod generate;
+pub mod hub;
+pub mod model;
+pub mod pipeline;
+pub mod text;
+
+pub use error::{Error, Result};

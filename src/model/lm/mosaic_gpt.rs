@@ -1,0 +1,178 @@
+//! MosaicGPT (the remote-code LM of `anas-awadalla/mpt-1b-redpajama-200b`, SPEC §6.1):
+//! pre-norm blocks, fused QKV with q/k LayerNorm, ALiBi, no biases, tied output embedding.
+
+use candle_core::{Device, Module, Tensor};
+
+use crate::error::Result;
+use crate::model::config::MosaicGptConfig;
+use crate::model::linear::{layer_norm, Linear};
+use crate::model::perceiver::{merge_heads, split_heads};
+use crate::model::weights::Vb;
+
+use super::{AttnBias, LayerCache};
+
+const LN_EPS: f64 = 1e-5;
+
+struct Block {
+    ln_1: candle_nn::LayerNorm,
+    wqkv: Linear,
+    q_ln: Option<candle_nn::LayerNorm>,
+    k_ln: Option<candle_nn::LayerNorm>,
+    out_proj: Linear,
+    ln_2: candle_nn::LayerNorm,
+    mlp_up: Linear,
+    mlp_down: Linear,
+}
+
+impl Block {
+    fn load(vb: &Vb, cfg: &MosaicGptConfig) -> Result<Self> {
+        let d = cfg.d_model;
+        let a = vb.pp("attn");
+        let (q_ln, k_ln) = if cfg.attn_qk_ln {
+            (
+                Some(layer_norm(&a, "q_ln", d, LN_EPS, false)?),
+                Some(layer_norm(&a, "k_ln", d, LN_EPS, false)?),
+            )
+        } else {
+            (None, None)
+        };
+        let m = vb.pp("mlp");
+        Ok(Self {
+            ln_1: layer_norm(vb, "ln_1", d, LN_EPS, false)?,
+            wqkv: Linear::load(&a, "Wqkv", d, 3 * d, false)?,
+            q_ln,
+            k_ln,
+            out_proj: Linear::load(&a, "out_proj", d, d, false)?,
+            ln_2: layer_norm(vb, "ln_2", d, LN_EPS, false)?,
+            mlp_up: Linear::load(&m, "mlp_up", d, cfg.mlp_ratio * d, false)?,
+            mlp_down: Linear::load(&m, "mlp_down", cfg.mlp_ratio * d, d, false)?,
+        })
+    }
+}
+
+pub struct MosaicGpt {
+    cfg: MosaicGptConfig,
+    wte: Tensor,
+    blocks: Vec<Block>,
+    ln_f: candle_nn::LayerNorm,
+    slopes: Vec<f32>,
+}
+
+impl MosaicGpt {
+    /// `vb` points at the LM's root (keys `transformer.*`); `wte` is the (resized) embedding
+    /// from the OpenFlamingo checkpoint, [vocab, d_model].
+    pub fn load(vb: &Vb, cfg: &MosaicGptConfig, wte: Tensor) -> Result<Self> {
+        let t = vb.pp("transformer");
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::load(&t.pp(format!("blocks.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let h = cfg.n_heads;
+        let slopes = (1..=h)
+            .map(|i| {
+                let m = i as f32 * (cfg.alibi_bias_max as f32 / h as f32);
+                1.0 / 2f32.powf(m)
+            })
+            .collect();
+        Ok(Self {
+            ln_f: layer_norm(&t, "ln_f", cfg.d_model, LN_EPS, false)?,
+            cfg: cfg.clone(),
+            wte,
+            blocks,
+            slopes,
+        })
+    }
+
+    pub fn config(&self) -> &MosaicGptConfig {
+        &self.cfg
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.wte.dim(0).unwrap_or(0)
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        Ok(self.wte.index_select(&flat, 0)?.reshape((b, t, self.cfg.d_model))?)
+    }
+
+    /// ALiBi + causal (+ key padding) bias for `s_q` new tokens after `past` cached ones.
+    /// `key_mask[b][k]` false marks a padding key.
+    pub fn attn_bias(
+        &self,
+        past: usize,
+        s_q: usize,
+        key_mask: Option<&[Vec<bool>]>,
+        device: &Device,
+    ) -> Result<AttnBias> {
+        let h = self.cfg.n_heads;
+        let s_k = past + s_q;
+        let batch = key_mask.map(|m| m.len()).unwrap_or(1);
+        let mut v = vec![0f32; batch * h * s_q * s_k];
+        for b in 0..batch {
+            for (hi, slope) in self.slopes.iter().enumerate() {
+                for i in 0..s_q {
+                    let row = ((b * h + hi) * s_q + i) * s_k;
+                    for k in 0..s_k {
+                        let masked = k > past + i
+                            || key_mask.map(|m| !m[b][k]).unwrap_or(false);
+                        v[row + k] = if masked {
+                            f32::MIN
+                        } else {
+                            (k as f32 - (s_k as f32 - 1.0)) * slope
+                        };
+                    }
+                }
+            }
+        }
+        Ok(AttnBias(Tensor::from_vec(v, (batch, h, s_q, s_k), device)?))
+    }
+
+    /// One decoder block with its KV cache.
+    pub fn block(&self, i: usize, x: &Tensor, bias: &AttnBias, cache: &mut LayerCache) -> Result<Tensor> {
+        let blk = &self.blocks[i];
+        let d = self.cfg.d_model;
+        let nh = self.cfg.n_heads;
+        let a = blk.ln_1.forward(x)?;
+        let qkv = blk.wqkv.forward(&a)?;
+        let qkv = match self.cfg.attn_clip_qkv {
+            Some(c) => qkv.clamp(-c, c)?,
+            None => qkv,
+        };
+        let mut q = qkv.narrow(2, 0, d)?;
+        let mut k = qkv.narrow(2, d, d)?;
+        let v = qkv.narrow(2, 2 * d, d)?;
+        if let (Some(qn), Some(kn)) = (&blk.q_ln, &blk.k_ln) {
+            q = qn.forward(&q.contiguous()?)?;
+            k = kn.forward(&k.contiguous()?)?;
+        }
+        let q = split_heads(&q, nh)?;
+        let k = split_heads(&k, nh)?;
+        let v = split_heads(&v, nh)?;
+        let (k, v) = cache.append(k, v)?;
+        let scale = self
+            .cfg
+            .softmax_scale
+            .unwrap_or(1.0 / ((d / nh) as f64).sqrt());
+        let att = ((q.matmul(&k.t()?)? * scale)?).broadcast_add(&bias.0)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = merge_heads(&att.matmul(&v)?)?;
+        let x = (x + blk.out_proj.forward(&o)?)?;
+        let m = blk.mlp_up.forward(&blk.ln_2.forward(&x)?)?.gelu_erf()?;
+        Ok((&x + blk.mlp_down.forward(&m)?)?)
+    }
+
+    /// Final norm and tied output projection: [B, T, d] → [B, T, vocab].
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.ln_f.forward(x)?;
+        let logits = x.broadcast_matmul(&self.wte.t()?)?;
+        Ok(match self.cfg.logit_scale {
+            Some(s) => (logits * s)?,
+            None => logits,
+        })
+    }
+}

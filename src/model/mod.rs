@@ -1,0 +1,187 @@
+//! OpenFlamingo in candle: CLIP vision tower → perceiver resampler → gated cross-attention
+//! blocks inside a decoder LM. Pure tensors in, tensors out; file discovery lives in `hub`.
+
+pub mod config;
+pub mod linear;
+pub mod lm;
+pub mod loader;
+pub mod perceiver;
+pub mod preprocess;
+pub mod vision;
+pub mod weights;
+pub mod xattn;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use lm::{LanguageModel, LayerCache};
+use perceiver::PerceiverResampler;
+use vision::VisionTower;
+use xattn::{GatedCrossAttention, MediaKv, MediaMask};
+
+pub struct Flamingo {
+    pub(crate) vision: VisionTower,
+    pub(crate) perceiver: PerceiverResampler,
+    pub(crate) lm: LanguageModel,
+    pub(crate) xattn: Vec<Option<GatedCrossAttention>>,
+    pub(crate) media_id: u32,
+    pub(crate) device: Device,
+}
+
+impl Flamingo {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    pub fn media_id(&self) -> u32 {
+        self.media_id
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.lm.vocab_size()
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.lm.max_seq_len()
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.vision.config().image_size
+    }
+
+    pub fn vision_config(&self) -> &config::VisionConfig {
+        self.vision.config()
+    }
+
+    /// Every how many decoder layers a cross-attention block sits.
+    pub fn cross_attn_every(&self) -> usize {
+        self.xattn.iter().position(|x| x.is_some()).map(|i| i + 1).unwrap_or(0)
+    }
+
+    /// Patch tokens of the vision tower: pixels [N, 3, S, S] → [N, patches, width].
+    pub fn vision_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vision.forward(&pixels.to_device(&self.device)?)
+    }
+
+    /// Vision tower + perceiver: pixels [N, 3, S, S] → latents [N, num_latents, width].
+    pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        let tokens = self.vision_tokens(pixels)?;
+        self.perceiver.forward(&tokens)
+    }
+
+    /// Starts a decoding session for a batch whose images are `media` [B, T_img, L, Dv]
+    /// (T_img may be 0 for a text-only prompt).
+    pub fn session(&self, media: &Tensor) -> Result<Session<'_>> {
+        let (b, t_img, l, dv) = media.dims4()?;
+        let flat = media.reshape((b, t_img * l, dv))?.to_device(&self.device)?;
+        let media_kv = self
+            .xattn
+            .iter()
+            .map(|x| x.as_ref().map(|x| x.media_kv(&flat)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Session {
+            model: self,
+            media_kv,
+            caches: vec![LayerCache::default(); self.lm.n_layers()],
+            images_seen: vec![0; b],
+            key_mask: vec![Vec::new(); b],
+            n_images: t_img,
+            n_latents: l,
+            batch: b,
+        })
+    }
+}
+
+/// The state of one prompt being decoded: media keys/values, KV caches, image counts.
+pub struct Session<'a> {
+    model: &'a Flamingo,
+    media_kv: Vec<Option<MediaKv>>,
+    caches: Vec<LayerCache>,
+    images_seen: Vec<u32>,
+    key_mask: Vec<Vec<bool>>,
+    n_images: usize,
+    n_latents: usize,
+    batch: usize,
+}
+
+impl Session<'_> {
+    /// Tokens processed so far.
+    pub fn len(&self) -> usize {
+        self.caches.first().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs new tokens `ids[b]` (equal lengths; `pad[b][i]` true marks left padding) through
+    /// the model and returns logits [B, T, vocab].
+    pub fn forward_padded(&mut self, ids: &[Vec<u32>], pad: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        let m = self.model;
+        if ids.len() != self.batch {
+            return Err(Error::Prompt(format!(
+                "batch of {} rows for a session of {}",
+                ids.len(),
+                self.batch
+            )));
+        }
+        let t = ids.first().map(|r| r.len()).unwrap_or(0);
+        if t == 0 || ids.iter().any(|r| r.len() != t) {
+            return Err(Error::Prompt("rows must be non-empty and of equal length".into()));
+        }
+        let past = self.len();
+        if past + t > m.max_seq_len() {
+            return Err(Error::ContextTooLong {
+                needed: past + t,
+                limit: m.max_seq_len(),
+            });
+        }
+        let vocab = m.vocab_size() as u32;
+        if let Some(bad) = ids.iter().flatten().find(|&&id| id >= vocab) {
+            return Err(Error::Prompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        // Cross-attention times continue from the images already seen (cached media).
+        let times: Vec<Vec<u32>> = ids
+            .iter()
+            .zip(self.images_seen.iter_mut())
+            .map(|(row, seen)| {
+                let tt = xattn::text_time(row, m.media_id, *seen);
+                *seen = tt.last().copied().unwrap_or(*seen);
+                tt
+            })
+            .collect();
+        for (b, row) in self.key_mask.iter_mut().enumerate() {
+            match pad {
+                Some(p) => row.extend(p[b].iter().map(|&is_pad| !is_pad)),
+                None => row.extend(std::iter::repeat_n(true, t)),
+            }
+        }
+        let any_pad = self.key_mask.iter().flatten().any(|&k| !k);
+        let mask = MediaMask::new(&times, self.n_images, self.n_latents, &m.device)?;
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let ids_t = Tensor::from_vec(flat, (self.batch, t), &m.device)?;
+        let bias = m.lm.attn_bias(
+            past,
+            t,
+            any_pad.then_some(self.key_mask.as_slice()),
+            &m.device,
+        )?;
+        let mut x = m.lm.embed(&ids_t)?;
+        for (i, cache) in self.caches.iter_mut().enumerate() {
+            if let (Some(xa), Some(kv)) = (&m.xattn[i], &self.media_kv[i]) {
+                x = xa.forward(&x, kv, &mask)?;
+            }
+            x = m.lm.block(i, &x, &bias, cache)?;
+        }
+        m.lm.logits(&x)
+    }
+
+    /// [`Self::forward_padded`] without padding.
+    pub fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        self.forward_padded(ids, None)
+    }
+}

@@ -1,0 +1,136 @@
+//! Perceiver resampler: the patch tokens of each image → a fixed set of latents (SPEC §3).
+
+use candle_core::{Module, Tensor};
+
+use crate::error::Result;
+use crate::model::linear::{layer_norm, Linear};
+use crate::model::weights::Vb;
+
+const LN_EPS: f64 = 1e-5;
+pub const HEADS: usize = 8;
+pub const DIM_HEAD: usize = 64;
+const FF_MULT: usize = 4;
+
+/// Splits [b, n, h·d] into [b, h, n, d] (head index outer, as `rearrange(..., "b n (h d)")`).
+pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, hd) = x.dims3()?;
+    Ok(x.reshape((b, n, heads, hd / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// [b, h, n, d] → [b, n, h·d].
+pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, n, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, n, h * d))?)
+}
+
+/// LayerNorm → Linear(dim→4dim) → GELU(erf) → Linear(4dim→dim), no biases in the linears.
+pub(crate) struct FeedForward {
+    norm: candle_nn::LayerNorm,
+    up: Linear,
+    down: Linear,
+}
+
+impl FeedForward {
+    /// `vb` is the Sequential: `0` LayerNorm, `1` up, `3` down.
+    pub(crate) fn load(vb: &Vb, dim: usize) -> Result<Self> {
+        Ok(Self {
+            norm: layer_norm(vb, "0", dim, LN_EPS, true)?,
+            up: Linear::load(vb, "1", dim, dim * FF_MULT, false)?,
+            down: Linear::load(vb, "3", dim * FF_MULT, dim, false)?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.norm.forward(x)?;
+        let h = self.up.forward(&h)?.gelu_erf()?;
+        self.down.forward(&h)
+    }
+}
+
+struct PerceiverAttention {
+    norm_media: candle_nn::LayerNorm,
+    norm_latents: candle_nn::LayerNorm,
+    to_q: Linear,
+    to_kv: Linear,
+    to_out: Linear,
+}
+
+impl PerceiverAttention {
+    fn load(vb: &Vb, dim: usize) -> Result<Self> {
+        let inner = HEADS * DIM_HEAD;
+        Ok(Self {
+            norm_media: layer_norm(vb, "norm_media", dim, LN_EPS, true)?,
+            norm_latents: layer_norm(vb, "norm_latents", dim, LN_EPS, true)?,
+            to_q: Linear::load(vb, "to_q", dim, inner, false)?,
+            to_kv: Linear::load(vb, "to_kv", dim, 2 * inner, false)?,
+            to_out: Linear::load(vb, "to_out", inner, dim, false)?,
+        })
+    }
+
+    /// x: [n, v, dim] media tokens, latents: [n, l, dim] → [n, l, dim]
+    fn forward(&self, x: &Tensor, latents: &Tensor) -> Result<Tensor> {
+        let inner = HEADS * DIM_HEAD;
+        let x = self.norm_media.forward(x)?;
+        let lat = self.norm_latents.forward(latents)?;
+        let q = self.to_q.forward(&lat)?;
+        let kv_in = Tensor::cat(&[&x, &lat], 1)?;
+        let kv = self.to_kv.forward(&kv_in)?;
+        let k = kv.narrow(2, 0, inner)?;
+        let v = kv.narrow(2, inner, inner)?;
+        let q = (split_heads(&q, HEADS)? * (DIM_HEAD as f64).powf(-0.5))?;
+        let k = split_heads(&k, HEADS)?;
+        let v = split_heads(&v, HEADS)?;
+        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let o = merge_heads(&att.matmul(&v)?)?;
+        self.to_out.forward(&o)
+    }
+}
+
+pub struct PerceiverResampler {
+    latents: Tensor,
+    layers: Vec<(PerceiverAttention, FeedForward)>,
+    norm: candle_nn::LayerNorm,
+    dim: usize,
+}
+
+impl PerceiverResampler {
+    /// `vb` points at `perceiver`; depth and latent count come from the tensors.
+    pub fn load(vb: &Vb, dim: usize) -> Result<Self> {
+        let latents = vb.get_any("latents")?;
+        let n_latents = latents.dim(0)?;
+        let latents = vb.get(&[n_latents, dim], "latents")?;
+        let mut layers = Vec::new();
+        let mut i = 0;
+        while vb.contains(&format!("layers.{i}.0.to_q.weight")) {
+            let l = vb.pp(format!("layers.{i}"));
+            layers.push((PerceiverAttention::load(&l.pp("0"), dim)?, FeedForward::load(&l.pp("1"), dim)?));
+            i += 1;
+        }
+        if layers.is_empty() {
+            // Surface the first expected name in the error.
+            vb.get(&[HEADS * DIM_HEAD, dim], "layers.0.0.to_q.weight")?;
+        }
+        Ok(Self {
+            latents,
+            layers,
+            norm: layer_norm(vb, "norm", dim, LN_EPS, true)?,
+            dim,
+        })
+    }
+
+    pub fn num_latents(&self) -> usize {
+        self.latents.dim(0).unwrap_or(0)
+    }
+
+    /// x: [n_images, v, dim] → [n_images, num_latents, dim]
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let l = self.num_latents();
+        let mut lat = self.latents.unsqueeze(0)?.broadcast_as((n, l, self.dim))?.contiguous()?;
+        for (attn, ff) in &self.layers {
+            lat = (attn.forward(x, &lat)? + &lat)?;
+            lat = (ff.forward(&lat)? + &lat)?;
+        }
+        Ok(self.norm.forward(&lat)?)
+    }
+}

@@ -1,0 +1,145 @@
+//! CLIP ViT vision tower (open_clip key names) → patch tokens of the last residual stream,
+//! without the class token and without `ln_post`, as OpenFlamingo consumes them (SPEC §2.2).
+
+use candle_core::{Module, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::config::VisionConfig;
+use crate::model::linear::{layer_norm, Linear};
+use crate::model::weights::Vb;
+
+const LN_EPS: f64 = 1e-5;
+
+struct ResBlock {
+    ln_1: candle_nn::LayerNorm,
+    in_proj: Linear,
+    out_proj: Linear,
+    ln_2: candle_nn::LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    heads: usize,
+    quick_gelu: bool,
+}
+
+impl ResBlock {
+    fn load(vb: &Vb, cfg: &VisionConfig) -> Result<Self> {
+        let w = cfg.width;
+        let hidden = cfg.mlp_hidden();
+        Ok(Self {
+            ln_1: layer_norm(vb, "ln_1", w, LN_EPS, true)?,
+            in_proj: {
+                let a = vb.pp("attn");
+                Linear::new(
+                    a.get(&[3 * w, w], "in_proj_weight")?,
+                    Some(a.get(&[3 * w], "in_proj_bias")?),
+                )
+            },
+            out_proj: Linear::load(&vb.pp("attn"), "out_proj", w, w, true)?,
+            ln_2: layer_norm(vb, "ln_2", w, LN_EPS, true)?,
+            c_fc: Linear::load(&vb.pp("mlp"), "c_fc", w, hidden, true)?,
+            c_proj: Linear::load(&vb.pp("mlp"), "c_proj", hidden, w, true)?,
+            heads: cfg.heads(),
+            quick_gelu: cfg.quick_gelu,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, w) = x.dims3()?;
+        let hd = w / self.heads;
+        let h = self.ln_1.forward(x)?;
+        let qkv = self.in_proj.forward(&h)?; // [b, n, 3w]
+        let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?; // [3,b,h,n,hd]
+        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let att = q.matmul(&k.t()?)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = att.matmul(&v)?; // [b,h,n,hd]
+        let o = o.transpose(1, 2)?.reshape((b, n, w))?;
+        let x = (x + self.out_proj.forward(&o)?)?;
+        let h = self.ln_2.forward(&x)?;
+        let h = self.c_fc.forward(&h)?;
+        let h = if self.quick_gelu {
+            (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
+        } else {
+            h.gelu_erf()?
+        };
+        let h = self.c_proj.forward(&h)?;
+        Ok((x + h)?)
+    }
+}
+
+pub struct VisionTower {
+    patch: Linear, // conv1 as a matmul over flattened patches
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: candle_nn::LayerNorm,
+    blocks: Vec<ResBlock>,
+    cfg: VisionConfig,
+}
+
+impl VisionTower {
+    /// `vb` points at the open_clip `visual` module.
+    pub fn load(vb: &Vb, cfg: &VisionConfig) -> Result<Self> {
+        let w = cfg.width;
+        let p = cfg.patch_size;
+        let conv = vb.get(&[w, 3, p, p], "conv1.weight")?;
+        let patch = Linear::new(conv.reshape((w, 3 * p * p))?, None);
+        let n_tok = cfg.grid() * cfg.grid() + 1;
+        let blocks = (0..cfg.layers)
+            .map(|i| ResBlock::load(&vb.pp(format!("transformer.resblocks.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        if vb.contains(&format!("transformer.resblocks.{}.ln_1.weight", cfg.layers)) {
+            return Err(Error::Config {
+                path: "open_clip_config.json".into(),
+                reason: format!(
+                    "the config says {} vision layers but the weights have more",
+                    cfg.layers
+                ),
+            });
+        }
+        Ok(Self {
+            patch,
+            class_embedding: vb.get(&[w], "class_embedding")?,
+            positional_embedding: vb.get(&[n_tok, w], "positional_embedding")?,
+            ln_pre: layer_norm(vb, "ln_pre", w, LN_EPS, true)?,
+            blocks,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    /// pixels [B, 3, S, S] → patch tokens [B, grid², width].
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, hgt, wid) = pixels.dims4()?;
+        let p = self.cfg.patch_size;
+        let g = self.cfg.grid();
+        if c != 3 || hgt != g * p || wid != g * p {
+            return Err(Error::Prompt(format!(
+                "vision input must be [B, 3, {s}, {s}], got {:?}",
+                pixels.dims(),
+                s = g * p
+            )));
+        }
+        // [B,3,g,p,g,p] → [B,g,g,3,p,p] → [B, g², 3p²]
+        let patches = pixels
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, 3 * p * p))?;
+        let x = self.patch.forward(&patches)?; // [B, g², w]
+        let w = self.cfg.width;
+        let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let x = x.broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
+        let mut x = self.ln_pre.forward(&x)?;
+        for blk in &self.blocks {
+            x = blk.forward(&x)?;
+        }
+        let n = x.dim(1)?;
+        Ok(x.narrow(D::Minus2, 1, n - 1)?.contiguous()?)
+    }
+}

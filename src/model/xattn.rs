@@ -1,0 +1,133 @@
+//! Gated cross-attention block (SPEC §4) and the v2 media-location mask (SPEC §4.2).
+
+use candle_core::{Device, Module, Tensor};
+
+use crate::error::Result;
+use crate::model::linear::{layer_norm, Linear};
+use crate::model::perceiver::{merge_heads, split_heads, FeedForward, DIM_HEAD, HEADS};
+use crate::model::weights::Vb;
+
+/// For each token, which image it may see: 0 = none, k = the k-th image (1-based).
+///
+/// v2 rule: the running count of `<image>` tokens up to and including the token.
+pub fn text_time(ids: &[u32], media_id: u32, images_before: u32) -> Vec<u32> {
+    let mut count = images_before;
+    ids.iter()
+        .map(|&t| {
+            if t == media_id {
+                count += 1;
+            }
+            count
+        })
+        .collect()
+}
+
+/// The cross-attention mask of one forward pass, shared by every block.
+pub struct MediaMask {
+    /// [B, 1, Tq, Tk] u8: 1 where query i may attend to media key k.
+    allowed: Tensor,
+    /// [B, 1, Tq, 1] f32: 0 for tokens before the first image (their output is zeroed).
+    has_media: Tensor,
+}
+
+impl MediaMask {
+    /// `times[b][i]` from [`text_time`]; `n_images` images of `n_latents` latents each.
+    pub fn new(times: &[Vec<u32>], n_images: usize, n_latents: usize, device: &Device) -> Result<Self> {
+        let b = times.len();
+        let tq = times.first().map(|t| t.len()).unwrap_or(0);
+        let tk = n_images * n_latents;
+        let mut allowed = vec![0u8; b * tq * tk];
+        let mut has = vec![0f32; b * tq];
+        for (bi, row) in times.iter().enumerate() {
+            for (i, &t) in row.iter().enumerate() {
+                let base = (bi * tq + i) * tk;
+                if t == 0 {
+                    continue;
+                }
+                has[bi * tq + i] = 1.0;
+                let img = t as usize - 1;
+                if img < n_images {
+                    allowed[base + img * n_latents..base + (img + 1) * n_latents].fill(1);
+                }
+                // More `<image>` markers than images: nothing matches, every logit is the same
+                // fill value and the softmax is uniform over all keys, as in the reference.
+            }
+        }
+        Ok(Self {
+            allowed: Tensor::from_vec(allowed, (b, 1, tq, tk), device)?,
+            has_media: Tensor::from_vec(has, (b, 1, tq, 1), device)?,
+        })
+    }
+}
+
+/// Keys and values of the media for one block, computed once per prompt.
+pub struct MediaKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+pub struct GatedCrossAttention {
+    attn_gate: Tensor,
+    ff_gate: Tensor,
+    norm: candle_nn::LayerNorm,
+    to_q: Linear,
+    to_kv: Linear,
+    to_out: Linear,
+    ff: FeedForward,
+}
+
+impl GatedCrossAttention {
+    /// `vb` points at `…gated_cross_attn_layer` (or its alias); `dim` = LM width.
+    pub fn load(vb: &Vb, dim: usize, dim_visual: usize) -> Result<Self> {
+        let inner = HEADS * DIM_HEAD;
+        let a = vb.pp("attn");
+        Ok(Self {
+            attn_gate: vb.get(&[1], "attn_gate")?.tanh()?,
+            ff_gate: vb.get(&[1], "ff_gate")?.tanh()?,
+            norm: layer_norm(&a, "norm", dim, 1e-5, true)?,
+            to_q: Linear::load(&a, "to_q", dim, inner, false)?,
+            to_kv: Linear::load(&a, "to_kv", dim_visual, 2 * inner, false)?,
+            to_out: Linear::load(&a, "to_out", inner, dim, false)?,
+            ff: FeedForward::load(&vb.pp("ff"), dim)?,
+        })
+    }
+
+    /// media: [B, n_images·n_latents, dim_visual] (image-major).
+    pub fn media_kv(&self, media: &Tensor) -> Result<MediaKv> {
+        let inner = HEADS * DIM_HEAD;
+        let kv = self.to_kv.forward(media)?;
+        Ok(MediaKv {
+            k: split_heads(&kv.narrow(2, 0, inner)?, HEADS)?,
+            v: split_heads(&kv.narrow(2, inner, inner)?, HEADS)?,
+        })
+    }
+
+    /// x: [B, T, dim] hidden states entering the decoder block.
+    pub fn forward(&self, x: &Tensor, kv: &MediaKv, mask: &MediaMask) -> Result<Tensor> {
+        let h = self.norm.forward(x)?;
+        let q = (split_heads(&self.to_q.forward(&h)?, HEADS)? * (DIM_HEAD as f64).powf(-0.5))?;
+        let sim = q.matmul(&kv.k.t()?)?; // [B, H, T, K]
+        let fill = Tensor::new(-f32::MAX, sim.device())?
+            .to_dtype(sim.dtype())?
+            .broadcast_as(sim.shape())?;
+        let sim = mask.allowed.broadcast_as(sim.shape())?.where_cond(&sim, &fill)?;
+        let att = candle_nn::ops::softmax_last_dim(&sim)?;
+        let att = att.broadcast_mul(&mask.has_media.to_dtype(att.dtype())?)?;
+        let o = self.to_out.forward(&merge_heads(&att.matmul(&kv.v)?)?)?;
+        let x = (x + o.broadcast_mul(&self.attn_gate)?)?;
+        let f = self.ff.forward(&x)?;
+        Ok((&x + f.broadcast_mul(&self.ff_gate)?)?)
+    }
+}
+
+/// Which decoder layers carry a cross-attention block: layer i iff (i+1) mod n == 0.
+pub fn xattn_every_n(indices: &[usize], n_layers: usize) -> Option<usize> {
+    let first = *indices.iter().min()?;
+    let n = first + 1;
+    let expected: Vec<usize> = (0..n_layers).filter(|i| (i + 1) % n == 0).collect();
+    let mut got = indices.to_vec();
+    got.sort_unstable();
+    got.dedup();
+    (got == expected).then_some(n)
+}
+

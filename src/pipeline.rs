@@ -1,0 +1,138 @@
+//! A loaded model with its tokenizer, and one captioning request from images and captions to
+//! streamed text. The CLI and the engine thread both use this.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::generate::{greedy, GenerateOptions, Generated};
+use crate::hub::{self, registry};
+use crate::model::{preprocess, Flamingo};
+use crate::text::prompt::{caption_prompt, Templates};
+use crate::text::TextTokenizer;
+
+pub struct Captioner {
+    pub model: Flamingo,
+    pub tokenizer: TextTokenizer,
+    pub model_id: String,
+    pub load_s: f64,
+}
+
+/// One example: an image and its caption.
+#[derive(Clone, Debug)]
+pub struct Shot {
+    pub image: PathBuf,
+    pub caption: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaptionRequest {
+    pub shots: Vec<Shot>,
+    pub query: PathBuf,
+    pub templates: Templates,
+    pub max_new_tokens: usize,
+    pub keep_logits: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaptionResult {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub text: String,
+    pub generated: Generated,
+}
+
+impl Captioner {
+    /// Loads a registered model from the Hugging Face cache.
+    pub fn load(model_id: &str, device: &Device) -> Result<Self> {
+        let t0 = Instant::now();
+        let spec = registry::find(model_id).ok_or_else(|| {
+            Error::Prompt(format!(
+                "unknown model `{model_id}`; known: {}",
+                registry::MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if !spec.family.supported() {
+            return Err(Error::Prompt(format!(
+                "{} uses a {:?} language model, which this version cannot run yet",
+                spec.id, spec.family
+            )));
+        }
+        let files = hub::resolve_cached(spec)?;
+        let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
+        let model = Flamingo::load(&files, tokenizer.media_id, device)?;
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            )));
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            model_id: spec.id.to_string(),
+            load_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Preprocessed pixels [N, 3, S, S] of image files, in order.
+    pub fn pixels(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        let c = self.model.vision_config();
+        let size = c.image_size as u32;
+        let ts = paths
+            .iter()
+            .map(|p| preprocess::preprocess_file(p, size, c.mean, c.std, self.model.device()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&ts, 0)?)
+    }
+
+    pub fn caption(
+        &self,
+        req: &CaptionRequest,
+        cancel: &AtomicBool,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<CaptionResult> {
+        let captions: Vec<&str> = req.shots.iter().map(|s| s.caption.as_str()).collect();
+        let prompt = caption_prompt(&req.templates, &captions)?;
+        let prompt_ids = self.tokenizer.encode(&prompt)?;
+        let mut images: Vec<PathBuf> = req.shots.iter().map(|s| s.image.clone()).collect();
+        images.push(req.query.clone());
+        let markers = prompt_ids.iter().filter(|&&t| t == self.tokenizer.media_id).count();
+        if markers != images.len() {
+            return Err(Error::Prompt(format!(
+                "the prompt has {markers} <image> markers for {} images; each shot template and the final (or zero-shot) template must hold one <image>",
+                images.len()
+            )));
+        }
+        let pixels = self.pixels(&images)?;
+        let opts = GenerateOptions {
+            max_new_tokens: req.max_new_tokens,
+            eos_id: self.tokenizer.eoc_id,
+            suppress: vec![self.tokenizer.media_id],
+            keep_logits: req.keep_logits,
+        };
+        let mut stream = self.tokenizer.stream();
+        let mut stream_err = None;
+        let generated = greedy(&self.model, Some(&pixels), &prompt_ids, &opts, cancel, |id| {
+            match stream.push(id) {
+                Ok(Some(chunk)) => on_text(&chunk),
+                Ok(None) => {}
+                Err(e) => stream_err = Some(e),
+            }
+        })?;
+        if let Some(e) = stream_err {
+            return Err(e);
+        }
+        let text = self.tokenizer.decode(&generated.tokens)?;
+        Ok(CaptionResult {
+            prompt,
+            prompt_ids,
+            text,
+            generated,
+        })
+    }
+}
