@@ -48,6 +48,11 @@ pub struct CaptionResult {
 impl Captioner {
     /// Loads a registered model from the Hugging Face cache.
     pub fn load(model_id: &str, device: &Device) -> Result<Self> {
+        Self::load_from(&hub::cache_dir(), model_id, device)
+    }
+
+    /// Loads a registered model from the cache folder `cache`.
+    pub fn load_from(cache: &std::path::Path, model_id: &str, device: &Device) -> Result<Self> {
         let t0 = Instant::now();
         let spec = registry::find(model_id).ok_or_else(|| {
             Error::Prompt(format!(
@@ -61,7 +66,7 @@ impl Captioner {
                 spec.id, spec.family
             )));
         }
-        let files = hub::resolve_cached(spec)?;
+        let files = hub::resolve_in(cache, spec)?;
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
         let model = Flamingo::load(&files, tokenizer.media_id, device)?;
         if tokenizer.vocab_size() > model.vocab_size() {

@@ -88,30 +88,34 @@ fn one(cache: &Path, repo: &str, file: &str) -> Result<PathBuf> {
     cached_file(cache, repo, file).ok_or_else(|| missing(cache, repo, file))
 }
 
-/// Every file of a registered model, from the cache; no network is used.
+/// Every file of a registered model, from the default cache; no network is used.
 pub fn resolve_cached(spec: &ModelSpec) -> Result<ModelFiles> {
-    let cache = cache_dir();
-    let lm_weights = match cached_file(&cache, spec.lm_repo, "model.safetensors.index.json")
-        .or_else(|| cached_file(&cache, spec.lm_repo, "pytorch_model.bin.index.json"))
+    resolve_in(&cache_dir(), spec)
+}
+
+/// Every file of a registered model from the cache folder `cache`.
+pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
+    let lm_weights = match cached_file(cache, spec.lm_repo, "model.safetensors.index.json")
+        .or_else(|| cached_file(cache, spec.lm_repo, "pytorch_model.bin.index.json"))
     {
-        Some(index) => sharded(&cache, spec.lm_repo, &index)?,
+        Some(index) => sharded(cache, spec.lm_repo, &index)?,
         None => vec![first_of(
-            &cache,
+            cache,
             spec.lm_repo,
             &["model.safetensors", "pytorch_model.bin"],
         )?],
     };
     Ok(ModelFiles {
-        clip_config: one(&cache, spec.clip_repo, "open_clip_config.json")?,
+        clip_config: one(cache, spec.clip_repo, "open_clip_config.json")?,
         clip_weights: first_of(
-            &cache,
+            cache,
             spec.clip_repo,
             &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
         )?,
-        lm_config: one(&cache, spec.lm_repo, "config.json")?,
+        lm_config: one(cache, spec.lm_repo, "config.json")?,
         lm_weights,
-        tokenizer: one(&cache, spec.lm_repo, "tokenizer.json")?,
-        checkpoint: first_of(&cache, spec.checkpoint_repo, &[spec.checkpoint_file])?,
+        tokenizer: one(cache, spec.lm_repo, "tokenizer.json")?,
+        checkpoint: first_of(cache, spec.checkpoint_repo, &[spec.checkpoint_file])?,
     })
 }
 

@@ -1,0 +1,48 @@
+//! Shared helpers for the integration tests: fixture paths and tensor comparison.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("tests").join("fixtures")
+}
+
+/// The hub cache of a fixture set (`hf` = cross-attention every layer, `hf-xattn2` = every 2).
+pub fn hub(set: &str) -> PathBuf {
+    fixtures().join(set).join("hub")
+}
+
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    let p = fixtures().join("reference").join(name);
+    candle_core::safetensors::load(&p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub fn reference_json(name: &str) -> serde_json::Value {
+    let p = fixtures().join("reference").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
+}
+
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let e = rel_err(a, b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+    eprintln!("{what}: relative error {e:e}");
+}
