@@ -57,7 +57,11 @@ impl Captioner {
         let spec = registry::find(model_id).ok_or_else(|| {
             Error::Prompt(format!(
                 "unknown model `{model_id}`; known: {}",
-                registry::MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
+                registry::MODELS
+                    .iter()
+                    .map(|m| m.id)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         if !spec.family.supported() {
@@ -106,7 +110,10 @@ impl Captioner {
         let prompt_ids = self.tokenizer.encode(&prompt)?;
         let mut images: Vec<PathBuf> = req.shots.iter().map(|s| s.image.clone()).collect();
         images.push(req.query.clone());
-        let markers = prompt_ids.iter().filter(|&&t| t == self.tokenizer.media_id).count();
+        let markers = prompt_ids
+            .iter()
+            .filter(|&&t| t == self.tokenizer.media_id)
+            .count();
         if markers != images.len() {
             return Err(Error::Prompt(format!(
                 "the prompt has {markers} <image> markers for {} images; each shot template and the final (or zero-shot) template must hold one <image>",
@@ -122,13 +129,18 @@ impl Captioner {
         };
         let mut stream = self.tokenizer.stream();
         let mut stream_err = None;
-        let generated = greedy(&self.model, Some(&pixels), &prompt_ids, &opts, cancel, |id| {
-            match stream.push(id) {
+        let generated = greedy(
+            &self.model,
+            Some(&pixels),
+            &prompt_ids,
+            &opts,
+            cancel,
+            |id| match stream.push(id) {
                 Ok(Some(chunk)) => on_text(&chunk),
                 Ok(None) => {}
                 Err(e) => stream_err = Some(e),
-            }
-        })?;
+            },
+        )?;
         if let Some(e) = stream_err {
             return Err(e);
         }

@@ -51,20 +51,42 @@ fn check_case(l: &Loaded, tag: &str) {
         .map(|s| s["caption"].as_str().unwrap())
         .collect();
     let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
-    assert_eq!(prompt, info["prompt"].as_str().unwrap(), "{tag}: prompt text");
+    assert_eq!(
+        prompt,
+        info["prompt"].as_str().unwrap(),
+        "{tag}: prompt text"
+    );
     let prompt_ids = l.tok.encode(&prompt).unwrap();
-    assert_eq!(prompt_ids, ids(&info["prompt_token_ids"]), "{tag}: prompt token ids");
+    assert_eq!(
+        prompt_ids,
+        ids(&info["prompt_token_ids"]),
+        "{tag}: prompt token ids"
+    );
 
     let pixels = case_pixels(&info);
     let tokens = l.model.vision_tokens(&pixels).unwrap();
-    assert_close(&format!("{tag}: vision tokens"), &tokens, &r["vision_tokens"], TOL);
+    assert_close(
+        &format!("{tag}: vision tokens"),
+        &tokens,
+        &r["vision_tokens"],
+        TOL,
+    );
     let latents = l.model.encode_images(&pixels).unwrap();
     assert_close(&format!("{tag}: perceiver"), &latents, &r["perceiver"], TOL);
 
     // Logits of every prompt position, in one forward pass.
     let mut session = l.model.session(&latents.unsqueeze(0).unwrap()).unwrap();
-    let logits = session.forward(&[prompt_ids.clone()]).unwrap().squeeze(0).unwrap();
-    assert_close(&format!("{tag}: prompt logits"), &logits, &r["prompt_logits"], TOL);
+    let logits = session
+        .forward(std::slice::from_ref(&prompt_ids))
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_close(
+        &format!("{tag}: prompt logits"),
+        &logits,
+        &r["prompt_logits"],
+        TOL,
+    );
 
     // Greedy decoding with the KV cache.
     let opts = GenerateOptions {
@@ -73,15 +95,32 @@ fn check_case(l: &Loaded, tag: &str) {
         suppress: vec![l.tok.media_id],
         keep_logits: true,
     };
-    let g = greedy(&l.model, Some(&pixels), &prompt_ids, &opts, &AtomicBool::new(false), |_| {}).unwrap();
-    assert_eq!(g.tokens, ids(&info["generated_token_ids"]), "{tag}: greedy tokens");
+    let g = greedy(
+        &l.model,
+        Some(&pixels),
+        &prompt_ids,
+        &opts,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        g.tokens,
+        ids(&info["generated_token_ids"]),
+        "{tag}: greedy tokens"
+    );
     let steps: Vec<Tensor> = g
         .step_logits
         .iter()
         .map(|v| Tensor::new(v.as_slice(), &Device::Cpu).unwrap())
         .collect();
     let steps = Tensor::stack(&steps, 0).unwrap();
-    assert_close(&format!("{tag}: step logits"), &steps, &r["step_logits"], TOL);
+    assert_close(
+        &format!("{tag}: step logits"),
+        &steps,
+        &r["step_logits"],
+        TOL,
+    );
     assert_eq!(
         l.tok.decode(&g.tokens).unwrap(),
         info["generated_text"].as_str().unwrap(),
@@ -108,7 +147,10 @@ fn xattn_every_second_layer_zero_and_two_shot() {
 #[test]
 fn special_token_ids_match_open_flamingo() {
     let l = load("hf");
-    assert_eq!((l.tok.eoc_id, l.tok.media_id, l.tok.pad_id), (50277, 50278, 50279));
+    assert_eq!(
+        (l.tok.eoc_id, l.tok.media_id, l.tok.pad_id),
+        (50277, 50278, 50279)
+    );
     assert_eq!(l.tok.vocab_size(), 50280);
     assert_eq!(l.model.vocab_size(), 50280);
 }

@@ -12,10 +12,16 @@ use clap::{Parser, Subcommand};
 use crate::error::Result;
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::{CaptionRequest, Captioner, Shot};
-use crate::text::prompt::{Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE, DEFAULT_ZEROSHOT_TEMPLATE};
+use crate::text::prompt::{
+    Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE, DEFAULT_ZEROSHOT_TEMPLATE,
+};
 
 #[derive(Parser, Debug)]
-#[command(name = "flamingo", version, about = "Few-shot image captioning with OpenFlamingo")]
+#[command(
+    name = "flamingo",
+    version,
+    about = "Few-shot image captioning with OpenFlamingo"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

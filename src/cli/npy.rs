@@ -10,7 +10,11 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         1 => format!("({},)", shape[0]),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
@@ -67,4 +71,20 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         return Err(bad("data length does not match the shape"));
     }
     Ok((shape, data))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        super::write_f32(&p, &[2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+        let (s, d) = super::read_f32(&p).unwrap();
+        assert_eq!(s, vec![2, 3]);
+        assert_eq!(d, vec![1., 2., 3., 4., 5., 6.]);
+        // The header is 64-byte aligned as numpy requires.
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!((bytes.len() - 24) % 64, 0);
+    }
 }

@@ -67,7 +67,10 @@ pub fn greedy(
     if prompt_ids.is_empty() {
         return Err(Error::Prompt("the prompt is empty".into()));
     }
-    let n_markers = prompt_ids.iter().filter(|&&t| t == model.media_id()).count();
+    let n_markers = prompt_ids
+        .iter()
+        .filter(|&&t| t == model.media_id())
+        .count();
     let n_images = pixels.map(|p| p.dim(0)).transpose()?.unwrap_or(0);
     if n_markers != n_images {
         return Err(Error::Prompt(format!(

@@ -81,7 +81,7 @@ fn first_of(cache: &Path, repo: &str, candidates: &[&str]) -> Result<WeightFile>
             });
         }
     }
-    Err(missing(cache, repo, candidates[0]))
+    Err(missing(cache, repo, &candidates.join(" or ")))
 }
 
 fn one(cache: &Path, repo: &str, file: &str) -> Result<PathBuf> {
@@ -99,6 +99,7 @@ pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
         .or_else(|| cached_file(cache, spec.lm_repo, "pytorch_model.bin.index.json"))
     {
         Some(index) => sharded(cache, spec.lm_repo, &index)?,
+        // Prefer safetensors when both are present: it loads without unpickling.
         None => vec![first_of(
             cache,
             spec.lm_repo,
@@ -124,7 +125,11 @@ fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
     let mut files: Vec<String> = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.dedup();

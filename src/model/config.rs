@@ -21,6 +21,8 @@ pub struct VisionConfig {
 }
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// The reference's constants verbatim (f32 rounds them).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 impl VisionConfig {
@@ -64,18 +66,22 @@ impl VisionConfig {
             .ok_or_else(|| bad("no `vision_cfg` in `model_cfg`"))?;
         let get_usize = |k: &str| vc.get(k).and_then(Value::as_u64).map(|x| x as usize);
         let image_size = get_usize("image_size").unwrap_or(224);
-        let patch_size = get_usize("patch_size").ok_or_else(|| bad("vision_cfg.patch_size missing"))?;
+        let patch_size =
+            get_usize("patch_size").ok_or_else(|| bad("vision_cfg.patch_size missing"))?;
         let width = get_usize("width").ok_or_else(|| bad("vision_cfg.width missing"))?;
         let layers = get_usize("layers").ok_or_else(|| bad("vision_cfg.layers missing"))?;
         let head_width = get_usize("head_width").unwrap_or(64);
         let mlp_ratio = vc.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
         // OpenAI's CLIP weights were trained with QuickGELU, and open_clip <= 2.28 always used it
         // for them (SPEC §2.1); a config that does not say otherwise gets it.
-        let quick_gelu = model.get("quick_gelu").and_then(Value::as_bool).unwrap_or(true);
-        if patch_size == 0 || image_size % patch_size != 0 {
+        let quick_gelu = model
+            .get("quick_gelu")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
             return Err(bad("image_size must be a multiple of patch_size"));
         }
-        if head_width == 0 || width % head_width != 0 {
+        if head_width == 0 || !width.is_multiple_of(head_width) {
             return Err(bad("width must be a multiple of head_width"));
         }
         let pre = v.get("preprocess_cfg");
@@ -175,7 +181,7 @@ impl MosaicGptConfig {
                 None => None,
             },
         };
-        if cfg.n_heads == 0 || cfg.d_model % cfg.n_heads != 0 {
+        if cfg.n_heads == 0 || !cfg.d_model.is_multiple_of(cfg.n_heads) {
             return Err(bad("d_model must be a multiple of n_heads".into()));
         }
         if !cfg.alibi {

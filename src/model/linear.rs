@@ -40,7 +40,13 @@ impl Linear {
 }
 
 /// LayerNorm over the last dimension; `bias` absent means weight-only (zeros bias).
-pub fn layer_norm(vb: &Vb, name: &str, dim: usize, eps: f64, bias: bool) -> Result<candle_nn::LayerNorm> {
+pub fn layer_norm(
+    vb: &Vb,
+    name: &str,
+    dim: usize,
+    eps: f64,
+    bias: bool,
+) -> Result<candle_nn::LayerNorm> {
     let vb = vb.pp(name);
     let w = vb.get(&[dim], "weight")?;
     let b = if bias {

@@ -46,7 +46,11 @@ pub fn canonical_checkpoint_key(key: &str) -> Option<String> {
         let tail = &rest[pos + ".gated_cross_attn_layer.".len()..];
         return Some(format!("xattn.{idx}.{tail}"));
     }
-    for emb in ["transformer.wte.weight", "model.embed_tokens.weight", "gpt_neox.embed_in.weight"] {
+    for emb in [
+        "transformer.wte.weight",
+        "model.embed_tokens.weight",
+        "gpt_neox.embed_in.weight",
+    ] {
         if rest == emb {
             return Some("embed".into());
         }
@@ -66,7 +70,8 @@ fn load_checkpoint(file: &WeightFile, device: &Device) -> Result<TensorStore> {
         }
         if let Some(name) = canonical_checkpoint_key(&k) {
             // Aliases hold the same tensor; the first one wins.
-            map.entry(name).or_insert(t.to_dtype(DType::F32)?.to_device(device)?);
+            map.entry(name)
+                .or_insert(t.to_dtype(DType::F32)?.to_device(device)?);
         }
     }
     Ok(TensorStore::new(map, file.label.clone()))
@@ -138,7 +143,8 @@ impl Flamingo {
         let xattn = (0..n_layers)
             .map(|i| {
                 if (i + 1) % every == 0 {
-                    GatedCrossAttention::load(&ckpt.pp(format!("xattn.{i}")), d, vcfg.width).map(Some)
+                    GatedCrossAttention::load(&ckpt.pp(format!("xattn.{i}")), d, vcfg.width)
+                        .map(Some)
                 } else {
                     Ok(None)
                 }
@@ -150,7 +156,9 @@ impl Flamingo {
         let embed = ckpt.get("embed", &[vocab, d])?;
         let lm_store = load_lm_store(&files.lm_weights, device)?;
         let lm = match &lm_cfg {
-            LmConfig::MosaicGpt(c) => LanguageModel::MosaicGpt(MosaicGpt::load(&lm_store.pp(""), c, embed)?),
+            LmConfig::MosaicGpt(c) => {
+                LanguageModel::MosaicGpt(MosaicGpt::load(&lm_store.pp(""), c, embed)?)
+            }
         };
         if media_id as usize >= vocab {
             return Err(Error::Tokenizer(format!(
@@ -265,8 +273,16 @@ pub fn random_model(
         }
         put(format!("{b}.attn.Wqkv.weight"), &[3 * d, d], sd(d))?;
         put(format!("{b}.attn.out_proj.weight"), &[d, d], sd(d))?;
-        put(format!("{b}.mlp.mlp_up.weight"), &[lm.mlp_ratio * d, d], sd(d))?;
-        put(format!("{b}.mlp.mlp_down.weight"), &[d, lm.mlp_ratio * d], sd(lm.mlp_ratio * d))?;
+        put(
+            format!("{b}.mlp.mlp_up.weight"),
+            &[lm.mlp_ratio * d, d],
+            sd(d),
+        )?;
+        put(
+            format!("{b}.mlp.mlp_down.weight"),
+            &[d, lm.mlp_ratio * d],
+            sd(lm.mlp_ratio * d),
+        )?;
     }
     put("transformer.ln_f.weight".into(), &[d], 0.0)?;
     let store = TensorStore::new(t, "random weights");
@@ -290,4 +306,25 @@ pub fn random_model(
         media_id,
         device: device.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_checkpoint_key as k;
+
+    #[test]
+    fn checkpoint_key_aliases() {
+        let x = "lang_encoder.transformer.blocks.3.gated_cross_attn_layer.attn.to_q.weight";
+        assert_eq!(k(x).as_deref(), Some("xattn.3.attn.to_q.weight"));
+        assert_eq!(k(&format!("module.{x}")).as_deref(), Some("xattn.3.attn.to_q.weight"));
+        assert_eq!(
+            k("lang_encoder.gated_cross_attn_layers.3.ff.1.weight").as_deref(),
+            Some("xattn.3.ff.1.weight")
+        );
+        assert_eq!(k("perceiver.latents").as_deref(), Some("perceiver.latents"));
+        assert_eq!(k("lang_encoder.transformer.wte.weight").as_deref(), Some("embed"));
+        assert_eq!(k("lang_encoder.model.embed_tokens.weight").as_deref(), Some("embed"));
+        assert_eq!(k("lang_encoder.transformer.blocks.3.decoder_layer.ln_1.weight"), None);
+        assert_eq!(k("vision_encoder.conv1.weight"), None);
+    }
 }

@@ -59,7 +59,11 @@ impl Flamingo {
 
     /// Every how many decoder layers a cross-attention block sits.
     pub fn cross_attn_every(&self) -> usize {
-        self.xattn.iter().position(|x| x.is_some()).map(|i| i + 1).unwrap_or(0)
+        self.xattn
+            .iter()
+            .position(|x| x.is_some())
+            .map(|i| i + 1)
+            .unwrap_or(0)
     }
 
     /// Patch tokens of the vision tower: pixels [N, 3, S, S] → [N, patches, width].
@@ -120,7 +124,11 @@ impl Session<'_> {
 
     /// Runs new tokens `ids[b]` (equal lengths; `pad[b][i]` true marks left padding) through
     /// the model and returns logits [B, T, vocab].
-    pub fn forward_padded(&mut self, ids: &[Vec<u32>], pad: Option<&[Vec<bool>]>) -> Result<Tensor> {
+    pub fn forward_padded(
+        &mut self,
+        ids: &[Vec<u32>],
+        pad: Option<&[Vec<bool>]>,
+    ) -> Result<Tensor> {
         let m = self.model;
         if ids.len() != self.batch {
             return Err(Error::Prompt(format!(
@@ -131,7 +139,9 @@ impl Session<'_> {
         }
         let t = ids.first().map(|r| r.len()).unwrap_or(0);
         if t == 0 || ids.iter().any(|r| r.len() != t) {
-            return Err(Error::Prompt("rows must be non-empty and of equal length".into()));
+            return Err(Error::Prompt(
+                "rows must be non-empty and of equal length".into(),
+            ));
         }
         let past = self.len();
         if past + t > m.max_seq_len() {
@@ -142,7 +152,9 @@ impl Session<'_> {
         }
         let vocab = m.vocab_size() as u32;
         if let Some(bad) = ids.iter().flatten().find(|&&id| id >= vocab) {
-            return Err(Error::Prompt(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::Prompt(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         // Cross-attention times continue from the images already seen (cached media).
         let times: Vec<Vec<u32>> = ids

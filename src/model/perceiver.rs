@@ -14,7 +14,9 @@ const FF_MULT: usize = 4;
 /// Splits [b, n, h·d] into [b, h, n, d] (head index outer, as `rearrange(..., "b n (h d)")`).
 pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, n, hd) = x.dims3()?;
-    Ok(x.reshape((b, n, heads, hd / heads))?.transpose(1, 2)?.contiguous()?)
+    Ok(x.reshape((b, n, heads, hd / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// [b, h, n, d] → [b, n, h·d].
@@ -103,7 +105,10 @@ impl PerceiverResampler {
         let mut i = 0;
         while vb.contains(&format!("layers.{i}.0.to_q.weight")) {
             let l = vb.pp(format!("layers.{i}"));
-            layers.push((PerceiverAttention::load(&l.pp("0"), dim)?, FeedForward::load(&l.pp("1"), dim)?));
+            layers.push((
+                PerceiverAttention::load(&l.pp("0"), dim)?,
+                FeedForward::load(&l.pp("1"), dim)?,
+            ));
             i += 1;
         }
         if layers.is_empty() {
@@ -126,7 +131,11 @@ impl PerceiverResampler {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         let l = self.num_latents();
-        let mut lat = self.latents.unsqueeze(0)?.broadcast_as((n, l, self.dim))?.contiguous()?;
+        let mut lat = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((n, l, self.dim))?
+            .contiguous()?;
         for (attn, ff) in &self.layers {
             lat = (attn.forward(x, &lat)? + &lat)?;
             lat = (ff.forward(&lat)? + &lat)?;

@@ -23,7 +23,11 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
     match reader.format() {
-        None => return Err(err("not an image file (unknown or unsupported format)".into())),
+        None => {
+            return Err(err(
+                "not an image file (unknown or unsupported format)".into()
+            ))
+        }
         Some(image::ImageFormat::Jpeg) => return decode_jpeg(bytes).map_err(err),
         Some(_) => {}
     }
@@ -141,7 +145,11 @@ fn coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i3
         for x in 0..ksize {
             let w = if x < n && ww != 0.0 { k[x] / ww } else { 0.0 };
             let f = w * (1u64 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if w < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            kk[xx * ksize + x] = if w < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -254,4 +262,35 @@ pub fn preprocess_file(
         reason: e.to_string(),
     })?;
     preprocess(&bytes, &path.display().to_string(), size, mean, std, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchvision_resize_sizes() {
+        assert_eq!(resized_size(300, 200, 224), (336, 224));
+        assert_eq!(resized_size(200, 300, 224), (224, 336));
+        assert_eq!(resized_size(1000, 150, 224), (1493, 224));
+        assert_eq!(resized_size(224, 224, 224), (224, 224));
+    }
+
+    #[test]
+    fn python_rounding() {
+        assert_eq!(round_half_even(0.5), 0);
+        assert_eq!(round_half_even(1.5), 2);
+        assert_eq!(round_half_even(2.5), 2);
+        assert_eq!(round_half_even(3.0), 3);
+    }
+
+    #[test]
+    fn alpha_goes_onto_white() {
+        let mut img = image::RgbaImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
+        img.put_pixel(1, 0, image::Rgba([10, 20, 30, 255]));
+        let rgb = flatten_on_white(DynamicImage::ImageRgba8(img));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
+    }
 }

@@ -48,7 +48,9 @@ impl ResBlock {
         let hd = w / self.heads;
         let h = self.ln_1.forward(x)?;
         let qkv = self.in_proj.forward(&h)?; // [b, n, 3w]
-        let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?; // [3,b,h,n,hd]
+        let qkv = qkv
+            .reshape((b, n, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?; // [3,b,h,n,hd]
         let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -132,7 +134,10 @@ impl VisionTower {
             .reshape((b, g * g, 3 * p * p))?;
         let x = self.patch.forward(&patches)?; // [B, g², w]
         let w = self.cfg.width;
-        let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, w))?
+            .broadcast_as((b, 1, w))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
         let x = x.broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
         let mut x = self.ln_pre.forward(&x)?;

@@ -25,7 +25,12 @@ impl TensorStore {
 
     /// Reads a `.safetensors`, `.bin`/`.pt`/`.pth` (torch zip) file. Float tensors are converted
     /// to `dtype` and moved to `device`; integer and bool tensors are dropped (buffers).
-    pub fn load(path: &Path, source: impl Into<String>, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        path: &Path,
+        source: impl Into<String>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let raw = read_tensor_file(path)?;
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, t) in raw {

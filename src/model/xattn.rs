@@ -32,7 +32,12 @@ pub struct MediaMask {
 
 impl MediaMask {
     /// `times[b][i]` from [`text_time`]; `n_images` images of `n_latents` latents each.
-    pub fn new(times: &[Vec<u32>], n_images: usize, n_latents: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        times: &[Vec<u32>],
+        n_images: usize,
+        n_latents: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let b = times.len();
         let tq = times.first().map(|t| t.len()).unwrap_or(0);
         let tk = n_images * n_latents;
@@ -110,7 +115,10 @@ impl GatedCrossAttention {
         let fill = Tensor::new(-f32::MAX, sim.device())?
             .to_dtype(sim.dtype())?
             .broadcast_as(sim.shape())?;
-        let sim = mask.allowed.broadcast_as(sim.shape())?.where_cond(&sim, &fill)?;
+        let sim = mask
+            .allowed
+            .broadcast_as(sim.shape())?
+            .where_cond(&sim, &fill)?;
         let att = candle_nn::ops::softmax_last_dim(&sim)?;
         let att = att.broadcast_mul(&mask.has_media.to_dtype(att.dtype())?)?;
         let o = self.to_out.forward(&merge_heads(&att.matmul(&kv.v)?)?)?;
@@ -131,3 +139,34 @@ pub fn xattn_every_n(indices: &[usize], n_layers: usize) -> Option<usize> {
     (got == expected).then_some(n)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_time_counts_images_up_to_and_including_the_marker() {
+        // <img> Output : cap <eoc> <img> Output :   (SPEC §4.3 worked example, v2 column)
+        let ids = [9, 1, 2, 3, 4, 8, 1, 2, 3];
+        assert_eq!(text_time(&ids, 1, 0), vec![0, 1, 1, 1, 1, 1, 2, 2, 2]);
+        // Continuing after two images (cached media): new tokens see the last image.
+        assert_eq!(text_time(&[5, 6], 1, 2), vec![2, 2]);
+    }
+
+    #[test]
+    fn every_n_rule() {
+        assert_eq!(xattn_every_n(&[0, 1, 2, 3], 4), Some(1));
+        assert_eq!(xattn_every_n(&[1, 3], 4), Some(2));
+        assert_eq!(xattn_every_n(&[3, 7, 11, 15, 19, 23, 27, 31], 32), Some(4));
+        assert_eq!(xattn_every_n(&[1, 2], 4), None);
+        assert_eq!(xattn_every_n(&[], 4), None);
+    }
+
+    #[test]
+    fn mask_allows_only_the_current_image_and_zeroes_text_before_images() {
+        let m = MediaMask::new(&[vec![0, 1, 2, 3]], 2, 2, &Device::Cpu).unwrap();
+        let allowed: Vec<u8> = m.allowed.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(allowed, vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]);
+        let has: Vec<f32> = m.has_media.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(has, vec![0.0, 1.0, 1.0, 1.0]);
+    }
+}

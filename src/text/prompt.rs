@@ -44,7 +44,9 @@ pub fn format_template(tmpl: &str, fields: &[(&str, &str)]) -> Result<String> {
                         Some('}') => break,
                         Some(ch) => name.push(ch),
                         None => {
-                            return Err(Error::Prompt(format!("unclosed `{{` in template `{tmpl}`")))
+                            return Err(Error::Prompt(format!(
+                                "unclosed `{{` in template `{tmpl}`"
+                            )))
                         }
                     }
                 }
@@ -53,7 +55,9 @@ pub fn format_template(tmpl: &str, fields: &[(&str, &str)]) -> Result<String> {
                     .find(|(k, _)| *k == name)
                     .map(|(_, v)| *v)
                     .ok_or_else(|| {
-                        Error::Prompt(format!("template `{tmpl}` uses `{{{name}}}`, which is not given"))
+                        Error::Prompt(format!(
+                            "template `{tmpl}` uses `{{{name}}}`, which is not given"
+                        ))
                     })?;
                 out.push_str(v);
             }
@@ -85,4 +89,28 @@ pub fn caption_prompt(t: &Templates, shot_captions: &[&str]) -> Result<String> {
 /// Counts `<image>` markers in a prompt.
 pub fn count_images(prompt: &str) -> usize {
     prompt.matches(super::IMAGE).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_like_python() {
+        assert_eq!(format_template("a{x}b{{c}}", &[("x", "1")]).unwrap(), "a1b{c}");
+        assert!(format_template("{missing}", &[]).is_err());
+        assert!(format_template("{open", &[]).is_err());
+        assert!(format_template("close}", &[]).is_err());
+    }
+
+    #[test]
+    fn prompts_follow_the_seed_templates() {
+        let t = Templates::default();
+        assert_eq!(caption_prompt(&t, &[]).unwrap(), "<image>Output:");
+        assert_eq!(
+            caption_prompt(&t, &["A.", "B."]).unwrap(),
+            "<image>Output:A.<|endofchunk|><image>Output:B.<|endofchunk|><image>Output:"
+        );
+        assert_eq!(count_images(&caption_prompt(&t, &["A.", "B."]).unwrap()), 3);
+    }
 }

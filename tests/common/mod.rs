@@ -21,7 +21,8 @@ pub fn hub(set: &str) -> PathBuf {
 
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
     let p = fixtures().join("reference").join(name);
-    candle_core::safetensors::load(&p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    candle_core::safetensors::load(&p, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 pub fn reference_json(name: &str) -> serde_json::Value {
@@ -30,13 +31,24 @@ pub fn reference_json(name: &str) -> serde_json::Value {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// max |a - b| / max |b|.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }

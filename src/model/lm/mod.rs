@@ -18,7 +18,10 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn len(&self) -> usize {
-        self.kv.as_ref().and_then(|(k, _)| k.dim(2).ok()).unwrap_or(0)
+        self.kv
+            .as_ref()
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,13 +69,25 @@ impl LanguageModel {
         }
     }
 
-    pub fn attn_bias(&self, past: usize, s_q: usize, key_mask: Option<&[Vec<bool>]>, device: &Device) -> Result<AttnBias> {
+    pub fn attn_bias(
+        &self,
+        past: usize,
+        s_q: usize,
+        key_mask: Option<&[Vec<bool>]>,
+        device: &Device,
+    ) -> Result<AttnBias> {
         match self {
             LanguageModel::MosaicGpt(m) => m.attn_bias(past, s_q, key_mask, device),
         }
     }
 
-    pub fn block(&self, i: usize, x: &Tensor, bias: &AttnBias, cache: &mut LayerCache) -> Result<Tensor> {
+    pub fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        bias: &AttnBias,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         match self {
             LanguageModel::MosaicGpt(m) => m.block(i, x, bias, cache),
         }

@@ -97,7 +97,10 @@ impl MosaicGpt {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
-        Ok(self.wte.index_select(&flat, 0)?.reshape((b, t, self.cfg.d_model))?)
+        Ok(self
+            .wte
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.cfg.d_model))?)
     }
 
     /// ALiBi + causal (+ key padding) bias for `s_q` new tokens after `past` cached ones.
@@ -118,8 +121,7 @@ impl MosaicGpt {
                 for i in 0..s_q {
                     let row = ((b * h + hi) * s_q + i) * s_k;
                     for k in 0..s_k {
-                        let masked = k > past + i
-                            || key_mask.map(|m| !m[b][k]).unwrap_or(false);
+                        let masked = k > past + i || key_mask.map(|m| !m[b][k]).unwrap_or(false);
                         v[row + k] = if masked {
                             f32::MIN
                         } else {
@@ -133,7 +135,13 @@ impl MosaicGpt {
     }
 
     /// One decoder block with its KV cache.
-    pub fn block(&self, i: usize, x: &Tensor, bias: &AttnBias, cache: &mut LayerCache) -> Result<Tensor> {
+    pub fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        bias: &AttnBias,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let blk = &self.blocks[i];
         let d = self.cfg.d_model;
         let nh = self.cfg.n_heads;

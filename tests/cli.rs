@@ -1,0 +1,195 @@
+//! The `flamingo caption` contract, run as a user runs it: the binary, an HF cache, offline.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn flamingo() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flamingo"));
+    c.env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+fn img(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+#[test]
+fn caption_json_gives_the_reference_tokens() {
+    for (set, tag) in [
+        ("hf", "every1_twoshot"),
+        ("hf-xattn2", "every2_twoshot"),
+        ("hf", "every1_zeroshot"),
+    ] {
+        let info = reference_json(&format!("{tag}.json"));
+        let logits = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = flamingo();
+        cmd.env("HF_HOME", fixtures().join(set))
+            .arg("caption")
+            .arg("--json");
+        for s in info["shots"].as_array().unwrap() {
+            cmd.arg("--shot")
+                .arg(img(s["image"].as_str().unwrap()))
+                .arg(s["caption"].as_str().unwrap());
+        }
+        cmd.arg(img(info["query"].as_str().unwrap()))
+            .arg("--max-new-tokens")
+            .arg(info["max_new_tokens"].to_string())
+            .arg("--logits-out")
+            .arg(logits.path());
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{tag}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            ids(&v["token_ids"]),
+            ids(&info["generated_token_ids"]),
+            "{tag}"
+        );
+        assert_eq!(
+            ids(&v["prompt_token_ids"]),
+            ids(&info["prompt_token_ids"]),
+            "{tag}"
+        );
+        assert_eq!(v["prompt"], info["prompt"], "{tag}");
+        assert_eq!(v["text"], info["generated_text"], "{tag}");
+        assert!(v["timings"]["prefill_s"].as_f64().unwrap() >= 0.0);
+
+        let (shape, data) = flamingo::cli::npy::read_f32(logits.path()).unwrap();
+        let steps = ids(&info["generated_token_ids"]).len();
+        assert_eq!(shape, vec![steps, 50280], "{tag}: logits shape");
+        let r = reference(&format!("{tag}.safetensors"));
+        let want: Vec<f32> = r["step_logits"].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = data
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(
+            err < 1e-4,
+            "{tag}: --logits-out differs from the reference by {err:e}"
+        );
+    }
+}
+
+#[test]
+fn streams_text_to_stdout() {
+    let info = reference_json("every1_zeroshot.json");
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(["caption", "--max-new-tokens", "6"])
+        .arg(img("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        info["generated_text"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn empty_cache_is_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = flamingo()
+        .env("HF_HOME", empty.path())
+        .arg("caption")
+        .arg(img("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in the Hugging Face cache"), "{err}");
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    // Names a repo and a file.
+    assert!(
+        err.contains("anas-awadalla/mpt-1b-redpajama-200b")
+            || err.contains("timm/vit_large_patch14_clip_224.openai")
+            || err.contains("openflamingo/OpenFlamingo-3B-vitl-mpt1b"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_image_and_bad_template_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("query.jpg");
+    std::fs::write(&bad, b"not a jpeg").unwrap();
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .arg("caption")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("query.jpg"), "{err}");
+
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(["caption", "--zeroshot-template", "Output:"])
+        .arg(img("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("<image>"), "{err}");
+}
+
+#[test]
+fn prompt_past_the_context_is_refused() {
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(["caption", "--max-new-tokens", "5000"])
+        .arg(img("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("context"), "{err}");
+}
+
+#[test]
+fn bench_tiny_prints_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .args([
+            "bench",
+            "--shape",
+            "tiny",
+            "--tokens",
+            "3",
+            "--images",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "encode_s_per_image",
+        "prefill_s",
+        "decode_s_per_token",
+        "peak_rss_bytes",
+        "threads",
+    ] {
+        assert!(v[k].as_f64().is_some(), "{k} missing: {v}");
+    }
+    assert_eq!(v["prompt_tokens"], 37);
+}
