@@ -316,15 +316,27 @@ mod tests {
     fn checkpoint_key_aliases() {
         let x = "lang_encoder.transformer.blocks.3.gated_cross_attn_layer.attn.to_q.weight";
         assert_eq!(k(x).as_deref(), Some("xattn.3.attn.to_q.weight"));
-        assert_eq!(k(&format!("module.{x}")).as_deref(), Some("xattn.3.attn.to_q.weight"));
+        assert_eq!(
+            k(&format!("module.{x}")).as_deref(),
+            Some("xattn.3.attn.to_q.weight")
+        );
         assert_eq!(
             k("lang_encoder.gated_cross_attn_layers.3.ff.1.weight").as_deref(),
             Some("xattn.3.ff.1.weight")
         );
         assert_eq!(k("perceiver.latents").as_deref(), Some("perceiver.latents"));
-        assert_eq!(k("lang_encoder.transformer.wte.weight").as_deref(), Some("embed"));
-        assert_eq!(k("lang_encoder.model.embed_tokens.weight").as_deref(), Some("embed"));
-        assert_eq!(k("lang_encoder.transformer.blocks.3.decoder_layer.ln_1.weight"), None);
+        assert_eq!(
+            k("lang_encoder.transformer.wte.weight").as_deref(),
+            Some("embed")
+        );
+        assert_eq!(
+            k("lang_encoder.model.embed_tokens.weight").as_deref(),
+            Some("embed")
+        );
+        assert_eq!(
+            k("lang_encoder.transformer.blocks.3.decoder_layer.ln_1.weight"),
+            None
+        );
         assert_eq!(k("vision_encoder.conv1.weight"), None);
     }
 }

@@ -165,7 +165,10 @@ mod tests {
     fn mask_allows_only_the_current_image_and_zeroes_text_before_images() {
         let m = MediaMask::new(&[vec![0, 1, 2, 3]], 2, 2, &Device::Cpu).unwrap();
         let allowed: Vec<u8> = m.allowed.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(allowed, vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            allowed,
+            vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+        );
         let has: Vec<f32> = m.has_media.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(has, vec![0.0, 1.0, 1.0, 1.0]);
     }

@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn format_like_python() {
-        assert_eq!(format_template("a{x}b{{c}}", &[("x", "1")]).unwrap(), "a1b{c}");
+        assert_eq!(
+            format_template("a{x}b{{c}}", &[("x", "1")]).unwrap(),
+            "a1b{c}"
+        );
         assert!(format_template("{missing}", &[]).is_err());
         assert!(format_template("{open", &[]).is_err());
         assert!(format_template("close}", &[]).is_err());
