@@ -4,7 +4,9 @@
 //! [`hub`] (where the files are), [`pipeline`] (a loaded model answering a request),
 //! [`cli`] (the command line).
 
+pub mod app;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::generate::{greedy, GenerateOptions, Generated};
 use crate::hub::{self, registry};
 use crate::model::{preprocess, Flamingo};
-use crate::text::prompt::{caption_prompt, Templates};
+use crate::text::prompt::{post_process, task_prompt, ShotText, Task, Templates};
 use crate::text::TextTokenizer;
 
 pub struct Captioner {
@@ -21,17 +22,36 @@ pub struct Captioner {
     pub load_s: f64,
 }
 
-/// One example: an image and its caption.
+/// An image given as a file or as bytes already in memory (dropped, pasted, from a prompt set).
+#[derive(Clone, Debug)]
+pub enum ImageInput {
+    Path(PathBuf),
+    Bytes { name: String, bytes: Arc<[u8]> },
+}
+
+impl ImageInput {
+    pub fn name(&self) -> String {
+        match self {
+            ImageInput::Path(p) => p.display().to_string(),
+            ImageInput::Bytes { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// One example: an image and its text.
 #[derive(Clone, Debug)]
 pub struct Shot {
-    pub image: PathBuf,
-    pub caption: String,
+    pub image: ImageInput,
+    pub text: ShotText,
 }
 
 #[derive(Clone, Debug)]
 pub struct CaptionRequest {
+    pub task: Task,
     pub shots: Vec<Shot>,
-    pub query: PathBuf,
+    pub query: ImageInput,
+    /// The query's question (VQA).
+    pub question: String,
     pub templates: Templates,
     pub max_new_tokens: usize,
     pub keep_logits: bool,
@@ -41,8 +61,19 @@ pub struct CaptionRequest {
 pub struct CaptionResult {
     pub prompt: String,
     pub prompt_ids: Vec<u32>,
+    /// Decoded generation, special tokens skipped.
+    pub raw_text: String,
+    /// After the task's post-processing.
     pub text: String,
     pub generated: Generated,
+}
+
+impl CaptionRequest {
+    /// The exact prompt text this request sends.
+    pub fn prompt(&self) -> Result<String> {
+        let shots: Vec<ShotText> = self.shots.iter().map(|s| s.text.clone()).collect();
+        task_prompt(self.task, &self.templates, &shots, &self.question)
+    }
 }
 
 impl Captioner {
@@ -88,13 +119,19 @@ impl Captioner {
         })
     }
 
-    /// Preprocessed pixels [N, 3, S, S] of image files, in order.
-    pub fn pixels(&self, paths: &[PathBuf]) -> Result<Tensor> {
+    /// Preprocessed pixels [N, 3, S, S] of images, in order.
+    pub fn pixels(&self, images: &[&ImageInput]) -> Result<Tensor> {
         let c = self.model.vision_config();
         let size = c.image_size as u32;
-        let ts = paths
+        let dev = self.model.device();
+        let ts = images
             .iter()
-            .map(|p| preprocess::preprocess_file(p, size, c.mean, c.std, self.model.device()))
+            .map(|im| match im {
+                ImageInput::Path(p) => preprocess::preprocess_file(p, size, c.mean, c.std, dev),
+                ImageInput::Bytes { name, bytes } => {
+                    preprocess::preprocess(bytes, name, size, c.mean, c.std, dev)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&ts, 0)?)
     }
@@ -105,11 +142,10 @@ impl Captioner {
         cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<CaptionResult> {
-        let captions: Vec<&str> = req.shots.iter().map(|s| s.caption.as_str()).collect();
-        let prompt = caption_prompt(&req.templates, &captions)?;
+        let prompt = req.prompt()?;
         let prompt_ids = self.tokenizer.encode(&prompt)?;
-        let mut images: Vec<PathBuf> = req.shots.iter().map(|s| s.image.clone()).collect();
-        images.push(req.query.clone());
+        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
+        images.push(&req.query);
         let markers = prompt_ids
             .iter()
             .filter(|&&t| t == self.tokenizer.media_id)
@@ -144,11 +180,12 @@ impl Captioner {
         if let Some(e) = stream_err {
             return Err(e);
         }
-        let text = self.tokenizer.decode(&generated.tokens)?;
+        let raw_text = self.tokenizer.decode(&generated.tokens)?;
         Ok(CaptionResult {
             prompt,
             prompt_ids,
-            text,
+            text: post_process(req.task, &raw_text),
+            raw_text,
             generated,
         })
     }

@@ -56,7 +56,13 @@ fn caption_json_gives_the_reference_tokens() {
             "{tag}"
         );
         assert_eq!(v["prompt"], info["prompt"], "{tag}");
-        assert_eq!(v["text"], info["generated_text"], "{tag}");
+        let raw = info["generated_text"].as_str().unwrap();
+        assert_eq!(v["raw_text"], raw, "{tag}");
+        assert_eq!(
+            v["text"].as_str().unwrap(),
+            flamingo::text::prompt::post_process(flamingo::text::prompt::Task::Caption, raw),
+            "{tag}"
+        );
         assert!(v["timings"]["prefill_s"].as_f64().unwrap() >= 0.0);
 
         let (shape, data) = flamingo::cli::npy::read_f32(logits.path()).unwrap();

@@ -46,12 +46,21 @@ pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
     }
 }
 
-/// Peak resident memory of this process, bytes (Linux; None elsewhere).
-pub fn peak_rss_bytes() -> Option<u64> {
+fn proc_status_bytes(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident memory of this process, bytes (Linux; None elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now, bytes (Linux; None elsewhere).
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
 }
 
 /// A 37-token two-shot prompt shape: `<image>` at the start of each of three chunks.

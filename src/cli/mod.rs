@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 use crate::hub::DEFAULT_MODEL;
-use crate::pipeline::{CaptionRequest, Captioner, Shot};
+use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
 use crate::text::prompt::{
-    Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE, DEFAULT_ZEROSHOT_TEMPLATE,
+    ShotText, Task, Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE,
+    DEFAULT_ZEROSHOT_TEMPLATE,
 };
 
 #[derive(Parser, Debug)]
@@ -29,10 +30,25 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Open the desktop app (the default without a subcommand).
+    App(AppArgs),
     /// Caption QUERY_IMAGE, optionally after example images with their captions.
     Caption(CaptionArgs),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct AppArgs {
+    /// Model to load at start (default: the last one used).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Folder for the working set (default: the app's data folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Do not load the model at start.
+    #[arg(long)]
+    pub no_autoload: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,12 +93,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Caption(a)) => caption(a),
         Some(Command::Bench(a)) => bench::run(a),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        Some(Command::App(a)) => app(a),
+        None => app(AppArgs::default()),
     }
+}
+
+fn app(a: AppArgs) -> anyhow::Result<()> {
+    crate::app::run_native(crate::app::AppOptions {
+        data_dir: a.data_dir,
+        hub_cache: None,
+        autoload: !a.no_autoload,
+        model_id: a.model,
+        stable_for_snapshots: false,
+    })
+    .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
 }
 
 fn caption(a: CaptionArgs) -> anyhow::Result<()> {
@@ -91,13 +115,18 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
         .shot
         .chunks(2)
         .map(|c| Shot {
-            image: PathBuf::from(&c[0]),
-            caption: c.get(1).cloned().unwrap_or_default(),
+            image: ImageInput::Path(PathBuf::from(&c[0])),
+            text: ShotText {
+                caption: c.get(1).cloned().unwrap_or_default(),
+                ..Default::default()
+            },
         })
         .collect();
     let req = CaptionRequest {
+        task: Task::Caption,
         shots,
-        query: a.query.clone(),
+        query: ImageInput::Path(a.query.clone()),
+        question: String::new(),
         templates: Templates {
             shot: a.shot_template,
             final_: a.final_template,
@@ -125,6 +154,7 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
         let obj = serde_json::json!({
             "model": captioner.model_id,
             "text": res.text,
+            "raw_text": res.raw_text,
             "token_ids": res.generated.tokens,
             "prompt": res.prompt,
             "prompt_token_ids": res.prompt_ids,

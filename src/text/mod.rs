@@ -14,6 +14,7 @@ pub const PAD: &str = "<PAD>";
 
 /// The LM tokenizer with `<|endofchunk|>`, `<image>` (and `<PAD>` when the base has no pad
 /// token) added in that order, as OpenFlamingo's factory does (SPEC §8).
+#[derive(Clone)]
 pub struct TextTokenizer {
     tok: Tokenizer,
     pub eoc_id: u32,

@@ -75,15 +75,97 @@ pub fn format_template(tmpl: &str, fields: &[(&str, &str)]) -> Result<String> {
 /// gives two `<image>` markers for one image (SPEC §12.17), so a zero-shot template here is
 /// complete by itself.
 pub fn caption_prompt(t: &Templates, shot_captions: &[&str]) -> Result<String> {
-    if shot_captions.is_empty() {
-        return format_template(&t.zeroshot, &[]);
+    let shots: Vec<ShotText> = shot_captions
+        .iter()
+        .map(|c| ShotText {
+            caption: c.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    task_prompt(Task::Caption, t, &shots, "")
+}
+
+/// What the model is asked to do (the seed's `task`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Task {
+    #[default]
+    Caption,
+    Vqa,
+}
+
+pub const VQA_SHOT_TEMPLATE: &str =
+    "<image>Question:{question} Short Answer:{answer}<|endofchunk|>";
+pub const VQA_FINAL_TEMPLATE: &str = "<image>Question:{question} Short Answer:";
+
+impl Templates {
+    /// The seed's defaults for a task (mmpretrain's few-shot configs for VQA).
+    pub fn for_task(task: Task) -> Self {
+        match task {
+            Task::Caption => Self::default(),
+            Task::Vqa => Self {
+                shot: VQA_SHOT_TEMPLATE.into(),
+                final_: VQA_FINAL_TEMPLATE.into(),
+                zeroshot: VQA_FINAL_TEMPLATE.into(),
+            },
+        }
+    }
+}
+
+/// One example's text: a caption, or a question and its answer.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShotText {
+    pub caption: String,
+    pub question: String,
+    pub answer: String,
+}
+
+/// The prompt for a task: shots' templates in order, then the final template (with the query's
+/// question for VQA); without shots the zero-shot template alone.
+pub fn task_prompt(
+    task: Task,
+    t: &Templates,
+    shots: &[ShotText],
+    question: &str,
+) -> Result<String> {
+    let final_fields = [("question", question)];
+    if shots.is_empty() {
+        return format_template(&t.zeroshot, &final_fields);
     }
     let mut p = String::new();
-    for c in shot_captions {
-        p.push_str(&format_template(&t.shot, &[("caption", c)])?);
+    for s in shots {
+        let f = match task {
+            Task::Caption => vec![("caption", s.caption.as_str())],
+            Task::Vqa => vec![
+                ("question", s.question.as_str()),
+                ("answer", s.answer.as_str()),
+            ],
+        };
+        p.push_str(&format_template(&t.shot, &f)?);
     }
-    p.push_str(&format_template(&t.final_, &[])?);
+    p.push_str(&format_template(&t.final_, &final_fields)?);
     Ok(p)
+}
+
+/// The seed's `post_process`: a caption is cut before the next "Output" and loses its quotes; a
+/// VQA answer is cut before the next "Question" or "Answer". Both are trimmed.
+pub fn post_process(task: Task, raw: &str) -> String {
+    match task {
+        Task::Caption => raw
+            .split("Output")
+            .next()
+            .unwrap_or("")
+            .replace('"', "")
+            .trim()
+            .to_string(),
+        Task::Vqa => {
+            let cut = ["Question", "Answer"]
+                .iter()
+                .filter_map(|m| raw.find(m))
+                .min()
+                .unwrap_or(raw.len());
+            raw[..cut].trim().to_string()
+        }
+    }
 }
 
 /// Counts `<image>` markers in a prompt.
@@ -115,5 +197,25 @@ mod tests {
             "<image>Output:A.<|endofchunk|><image>Output:B.<|endofchunk|><image>Output:"
         );
         assert_eq!(count_images(&caption_prompt(&t, &["A.", "B."]).unwrap()), 3);
+    }
+
+    #[test]
+    fn vqa_prompt_and_post_processing() {
+        let t = Templates::for_task(Task::Vqa);
+        let shots = [ShotText {
+            question: "What is it?".into(),
+            answer: "a cat".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            task_prompt(Task::Vqa, &t, &shots, "Where?").unwrap(),
+            "<image>Question:What is it? Short Answer:a cat<|endofchunk|><image>Question:Where? Short Answer:"
+        );
+        assert_eq!(post_process(Task::Vqa, " on a mat Question: x"), "on a mat");
+        assert_eq!(post_process(Task::Vqa, "yes Answer"), "yes");
+        assert_eq!(
+            post_process(Task::Caption, " A \"cat\". Output: more"),
+            "A cat."
+        );
     }
 }

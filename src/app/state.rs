@@ -1,0 +1,248 @@
+//! The app's state: what the user made (examples, query, task, templates) and settings, and the
+//! self-contained prompt-set file that holds it on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::text::prompt::{ShotText, Task, Templates};
+
+/// An image the user brought in: its bytes (kept, so that a set is self-contained) and a
+/// thumbnail texture once the loader has made one.
+#[derive(Clone)]
+pub struct ImageItem {
+    pub name: String,
+    pub bytes: Arc<[u8]>,
+    pub thumb: Option<egui::TextureHandle>,
+    pub size: [u32; 2],
+}
+
+impl std::fmt::Debug for ImageItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageItem({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Example {
+    pub id: u64,
+    pub image: ImageItem,
+    pub text: ShotText,
+    pub enabled: bool,
+}
+
+/// Settings persisted through eframe's storage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub model_id: String,
+    pub max_new_tokens: usize,
+    /// Compute threads; None = leave a core to the UI.
+    pub threads: Option<usize>,
+    pub recent_sets: Vec<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model_id: crate::hub::DEFAULT_MODEL.to_string(),
+            max_new_tokens: 20,
+            threads: None,
+            recent_sets: Vec::new(),
+        }
+    }
+}
+
+/// The working set: everything that goes into a prompt.
+#[derive(Clone, Debug, Default)]
+pub struct WorkingSet {
+    pub task: Task,
+    pub examples: Vec<Example>,
+    pub query: Option<ImageItem>,
+    pub question: String,
+    pub caption_templates: Templates,
+    pub vqa_templates: Templates,
+}
+
+impl WorkingSet {
+    pub fn new() -> Self {
+        Self {
+            caption_templates: Templates::for_task(Task::Caption),
+            vqa_templates: Templates::for_task(Task::Vqa),
+            ..Default::default()
+        }
+    }
+
+    pub fn templates(&self) -> &Templates {
+        match self.task {
+            Task::Caption => &self.caption_templates,
+            Task::Vqa => &self.vqa_templates,
+        }
+    }
+
+    pub fn templates_mut(&mut self) -> &mut Templates {
+        match self.task {
+            Task::Caption => &mut self.caption_templates,
+            Task::Vqa => &mut self.vqa_templates,
+        }
+    }
+
+    pub fn enabled_shots(&self) -> Vec<ShotText> {
+        self.examples
+            .iter()
+            .filter(|e| e.enabled)
+            .map(|e| e.text.clone())
+            .collect()
+    }
+
+    /// The exact prompt text a generation would send now.
+    pub fn prompt(&self) -> crate::Result<String> {
+        crate::text::prompt::task_prompt(
+            self.task,
+            self.templates(),
+            &self.enabled_shots(),
+            &self.question,
+        )
+    }
+}
+
+// ---- The prompt-set file ---------------------------------------------------------------------
+
+pub const SET_FORMAT: &str = "flamingo-prompt-set";
+pub const SET_EXTENSION: &str = "flamingo.json";
+
+#[derive(Serialize, Deserialize)]
+struct SetImage {
+    name: String,
+    /// The original file's bytes, base64.
+    data: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SetExample {
+    image: SetImage,
+    #[serde(default)]
+    caption: String,
+    #[serde(default)]
+    question: String,
+    #[serde(default)]
+    answer: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize)]
+struct SetFile {
+    format: String,
+    version: u32,
+    task: Task,
+    question: String,
+    caption_templates: Templates,
+    vqa_templates: Templates,
+    examples: Vec<SetExample>,
+    query: Option<SetImage>,
+}
+
+/// A prompt set read from disk, with image bytes (thumbnails are made by the loader).
+pub struct LoadedSet {
+    pub task: Task,
+    pub question: String,
+    pub caption_templates: Templates,
+    pub vqa_templates: Templates,
+    pub examples: Vec<(String, Arc<[u8]>, ShotText, bool)>,
+    pub query: Option<(String, Arc<[u8]>)>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn set_to_json(ws: &WorkingSet) -> String {
+    let img = |i: &ImageItem| SetImage {
+        name: i.name.clone(),
+        data: b64(&i.bytes),
+    };
+    let file = SetFile {
+        format: SET_FORMAT.into(),
+        version: 1,
+        task: ws.task,
+        question: ws.question.clone(),
+        caption_templates: ws.caption_templates.clone(),
+        vqa_templates: ws.vqa_templates.clone(),
+        examples: ws
+            .examples
+            .iter()
+            .map(|e| SetExample {
+                image: img(&e.image),
+                caption: e.text.caption.clone(),
+                question: e.text.question.clone(),
+                answer: e.text.answer.clone(),
+                enabled: e.enabled,
+            })
+            .collect(),
+        query: ws.query.as_ref().map(img),
+    };
+    serde_json::to_string_pretty(&file).unwrap_or_default()
+}
+
+pub fn set_from_json(text: &str) -> Result<LoadedSet, String> {
+    let f: SetFile = serde_json::from_str(text).map_err(|e| format!("not a prompt set ({e})"))?;
+    if f.format != SET_FORMAT {
+        return Err(format!("not a prompt set (format `{}`)", f.format));
+    }
+    if f.version > 1 {
+        return Err(format!(
+            "prompt set version {} is newer than this app",
+            f.version
+        ));
+    }
+    let dec = |s: &SetImage| -> Result<(String, Arc<[u8]>), String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&s.data)
+            .map_err(|e| format!("image `{}` is damaged ({e})", s.name))?;
+        Ok((s.name.clone(), bytes.into()))
+    };
+    let examples = f
+        .examples
+        .iter()
+        .map(|e| {
+            let (name, bytes) = dec(&e.image)?;
+            let text = ShotText {
+                caption: e.caption.clone(),
+                question: e.question.clone(),
+                answer: e.answer.clone(),
+            };
+            Ok((name, bytes, text, e.enabled))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(LoadedSet {
+        task: f.task,
+        question: f.question,
+        caption_templates: f.caption_templates,
+        vqa_templates: f.vqa_templates,
+        examples,
+        query: f.query.as_ref().map(dec).transpose()?,
+    })
+}
+
+/// Writes a file so that a crash never leaves it half-written: a temporary file beside it is
+/// written and synced, then renamed over it.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

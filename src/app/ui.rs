@@ -1,0 +1,527 @@
+//! The panels. Each function draws and returns the commands the user asked for; only text
+//! fields and toggles are edited in place.
+
+use egui::{Color32, RichText, Ui};
+
+use super::{Command, DropTarget, FlamingoApp, ModelState, RunState};
+use crate::hub::registry;
+use crate::text::prompt::Task;
+
+const ACCENT: Color32 = Color32::from_rgb(244, 114, 160);
+
+pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
+    let mut cmds = Vec::new();
+    let ctx = ui.ctx().clone();
+    egui::Panel::top("top").show(ui, |ui| top_bar(app, ui, &mut cmds));
+    egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
+    let examples_rect = egui::Panel::left("examples")
+        .resizable(true)
+        .default_size(380.0)
+        .min_size(280.0)
+        .show(ui, |ui| examples_panel(app, ui, &mut cmds))
+        .response
+        .rect;
+    let mut query_rect = egui::Rect::NOTHING;
+    egui::CentralPanel::default().show(ui, |ui| {
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            messages(app, ui, &mut cmds);
+            query_rect = query_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
+            output_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
+            prompt_preview(app, ui, &mut cmds);
+        });
+    });
+    app.set_drop_rects(examples_rect, query_rect);
+    hovering_files_overlay(&ctx);
+    cmds
+}
+
+fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    ui.horizontal_wrapped(|ui| {
+        ui.menu_button("Set", |ui| {
+            if ui.button("New (empty)").clicked() {
+                cmds.push(Command::NewSet);
+            }
+            if ui.button("Open…").clicked() {
+                cmds.push(Command::OpenSetDialog);
+            }
+            if ui.button("Save as…").clicked() {
+                cmds.push(Command::SaveSetDialog);
+            }
+            if !app.settings.recent_sets.is_empty() {
+                ui.separator();
+                ui.label("Recent");
+                for p in app.settings.recent_sets.clone() {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if ui
+                        .button(name)
+                        .on_hover_text(p.display().to_string())
+                        .clicked()
+                    {
+                        cmds.push(Command::OpenSet(p));
+                    }
+                }
+            }
+        });
+        ui.separator();
+        let model_label = ui.label("Model");
+        let current = app.settings.model_id.clone();
+        egui::ComboBox::from_id_salt("model")
+            .selected_text(short_model(&current))
+            .width(240.0)
+            .show_ui(ui, |ui| {
+                for m in registry::MODELS {
+                    let label = if m.family.supported() {
+                        format!("{}  (~{:.0} GB)", short_model(m.id), m.download_gb)
+                    } else {
+                        format!("{}  ({:?}: not yet)", short_model(m.id), m.family)
+                    };
+                    let resp = ui.add_enabled(
+                        m.family.supported(),
+                        egui::Button::selectable(current == m.id, label),
+                    );
+                    if resp.clicked() && current != m.id {
+                        cmds.push(Command::LoadModel(m.id.to_string()));
+                    }
+                }
+            })
+            .response
+            .labelled_by(model_label.id);
+        match &app.model {
+            ModelState::NotLoaded => {
+                if ui.button("Load").clicked() {
+                    cmds.push(Command::LoadModel(current.clone()));
+                }
+            }
+            ModelState::Loading(_) => {
+                ui.spinner();
+                ui.label("loading…");
+            }
+            ModelState::Ready(info) => {
+                ui.label(RichText::new("ready").color(Color32::from_rgb(90, 200, 120)))
+                    .on_hover_text(format!(
+                        "loaded in {:.1} s, context {} tokens",
+                        info.load_s, info.context_len
+                    ));
+            }
+            ModelState::Failed { .. } => {
+                if ui.button("Retry").clicked() {
+                    cmds.push(Command::LoadModel(current.clone()));
+                }
+            }
+        }
+        ui.separator();
+        ui.label("Device");
+        ui.label(RichText::new(device_label()).strong());
+        ui.separator();
+        ui.label("Task");
+        let mut task = app.ws.task;
+        ui.selectable_value(&mut task, Task::Caption, "Caption");
+        ui.selectable_value(&mut task, Task::Vqa, "VQA");
+        if task != app.ws.task {
+            cmds.push(Command::SetTask(task));
+        }
+        ui.separator();
+        let max_label = ui.label("Max new tokens");
+        ui.add(egui::DragValue::new(&mut app.settings.max_new_tokens).range(1..=2000))
+            .labelled_by(max_label.id);
+    });
+    if let ModelState::Failed { model_id, error } = &app.model {
+        ui.colored_label(
+            Color32::from_rgb(240, 120, 100),
+            format!("{model_id} could not be loaded: {error}"),
+        );
+        ui.label("The model's files must be in the Hugging Face cache (HF_HOME / HF_HUB_CACHE, default ~/.cache/huggingface/hub). Download them once with network access, e.g. `huggingface-cli download openflamingo/OpenFlamingo-3B-vitl-mpt1b`, `anas-awadalla/mpt-1b-redpajama-200b` and `timm/vit_large_patch14_clip_224.openai`; after that the app works offline.");
+    }
+}
+
+fn device_label() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "CUDA"
+    } else if cfg!(feature = "metal") {
+        "Metal"
+    } else {
+        "CPU"
+    }
+}
+
+fn short_model(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        ui.heading("Examples");
+        if ui.button("Add images…").clicked() {
+            cmds.push(Command::PickImages(DropTarget::Examples));
+        }
+    });
+    ui.label(RichText::new("Drop image files here. Each example is an image with its caption; they go into the prompt in this order.").small().weak());
+    if app.loading_images > 0 {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("reading {} image(s)…", app.loading_images));
+        });
+    }
+    ui.separator();
+    let task = app.ws.task;
+    let n = app.ws.examples.len();
+    let mut changed = false;
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            if n == 0 {
+                ui.add_space(24.0);
+                ui.vertical_centered(|ui| {
+                    ui.label(RichText::new("No examples: the prompt is zero-shot.").weak())
+                });
+            }
+            for i in 0..n {
+                let ex = &mut app.ws.examples[i];
+                let id = ex.id;
+                let frame = egui::Frame::group(ui.style()).inner_margin(6.0);
+                let (_, dropped) = ui.dnd_drop_zone::<usize, ()>(frame, |ui| {
+                    ui.horizontal(|ui| {
+                        ui.dnd_drag_source(egui::Id::NULL.with(("drag-example", id)), i, |ui| {
+                            ui.label(RichText::new("::").size(16.0).strong())
+                                .on_hover_text("drag to reorder");
+                        });
+                        if let Some(t) = &ex.image.thumb {
+                            let size = t.size_vec2();
+                            let scale = (96.0 / size.x.max(size.y)).min(1.0);
+                            ui.add(egui::Image::new(t).fit_to_exact_size(size * scale))
+                                .on_hover_text(format!(
+                                    "{} ({}×{})",
+                                    ex.image.name, ex.image.size[0], ex.image.size[1]
+                                ));
+                        }
+                        ui.vertical(|ui| {
+                            ui.horizontal(|ui| {
+                                changed |= ui
+                                    .checkbox(&mut ex.enabled, "")
+                                    .on_hover_text("use this example")
+                                    .changed();
+                                ui.label(
+                                    RichText::new(format!("{}. {}", i + 1, ex.image.name)).small(),
+                                );
+                            });
+                            match task {
+                                Task::Caption => {
+                                    changed |= ui
+                                        .add(
+                                            egui::TextEdit::multiline(&mut ex.text.caption)
+                                                .desired_rows(2)
+                                                .hint_text("caption")
+                                                .id_salt(("caption", id)),
+                                        )
+                                        .changed();
+                                }
+                                Task::Vqa => {
+                                    changed |= ui
+                                        .add(
+                                            egui::TextEdit::singleline(&mut ex.text.question)
+                                                .hint_text("question")
+                                                .id_salt(("q", id)),
+                                        )
+                                        .changed();
+                                    changed |= ui
+                                        .add(
+                                            egui::TextEdit::singleline(&mut ex.text.answer)
+                                                .hint_text("answer")
+                                                .id_salt(("a", id)),
+                                        )
+                                        .changed();
+                                }
+                            }
+                            ui.horizontal(|ui| {
+                                if ui
+                                    .add_enabled(i > 0, egui::Button::new("Up").small())
+                                    .on_hover_text("move up")
+                                    .clicked()
+                                {
+                                    cmds.push(Command::MoveExample { from: i, to: i - 1 });
+                                }
+                                if ui
+                                    .add_enabled(i + 1 < n, egui::Button::new("Down").small())
+                                    .on_hover_text("move down")
+                                    .clicked()
+                                {
+                                    cmds.push(Command::MoveExample { from: i, to: i + 1 });
+                                }
+                                if ui.add(egui::Button::new("Remove").small()).clicked() {
+                                    cmds.push(Command::RemoveExample(id));
+                                }
+                            });
+                        });
+                    });
+                });
+                if let Some(from) = dropped {
+                    cmds.push(Command::MoveExample { from: *from, to: i });
+                }
+            }
+            // Space below the cards that still accepts file drops.
+            ui.allocate_space(egui::vec2(
+                ui.available_width(),
+                80.0_f32.max(ui.available_height()),
+            ));
+        });
+    if changed {
+        app.mark_dirty();
+    }
+}
+
+fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> egui::Rect {
+    let resp = egui::Frame::group(ui.style())
+        .inner_margin(10.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.horizontal(|ui| {
+                ui.heading("Query");
+                if ui.button("Choose image…").clicked() {
+                    cmds.push(Command::PickImages(DropTarget::Query));
+                }
+                if app.ws.query.is_some() && ui.button("Clear").clicked() {
+                    cmds.push(Command::ClearQuery);
+                }
+            });
+            match &app.ws.query {
+                Some(q) => {
+                    if let Some(t) = &q.thumb {
+                        let size = t.size_vec2();
+                        let scale = (220.0 / size.x.max(size.y)).min(1.5);
+                        ui.add(egui::Image::new(t).fit_to_exact_size(size * scale));
+                    }
+                    ui.label(
+                        RichText::new(format!("{} ({}×{})", q.name, q.size[0], q.size[1])).small(),
+                    );
+                }
+                None => {
+                    ui.add_space(30.0);
+                    ui.vertical_centered(|ui| {
+                        ui.label(
+                            RichText::new("Drop the image to caption here")
+                                .size(16.0)
+                                .weak(),
+                        )
+                    });
+                    ui.add_space(30.0);
+                }
+            }
+            if app.ws.task == Task::Vqa {
+                ui.horizontal(|ui| {
+                    ui.label("Question");
+                    if ui
+                        .add(
+                            egui::TextEdit::singleline(&mut app.ws.question)
+                                .desired_width(f32::INFINITY)
+                                .id_salt("question"),
+                        )
+                        .changed()
+                    {
+                        app.mark_dirty();
+                    }
+                });
+            }
+            ui.horizontal(|ui| {
+                let running = app.is_running();
+                let ready = matches!(app.model, ModelState::Ready(_));
+                if ui
+                    .add_enabled(
+                        !running && ready,
+                        egui::Button::new(RichText::new("Generate").strong())
+                            .fill(ACCENT.gamma_multiply(0.6)),
+                    )
+                    .clicked()
+                {
+                    cmds.push(Command::Generate);
+                }
+                if ui.add_enabled(running, egui::Button::new("Stop")).clicked() {
+                    cmds.push(Command::Stop);
+                }
+                if running {
+                    ui.spinner();
+                }
+            });
+        });
+    resp.response.rect
+}
+
+fn output_area(app: &mut FlamingoApp, ui: &mut Ui, _cmds: &mut [Command]) {
+    ui.heading("Output");
+    let o = &app.output;
+    let state = match &o.state {
+        RunState::Idle => "".to_string(),
+        RunState::Running => "generating…".to_string(),
+        RunState::Done => "done".to_string(),
+        RunState::Stopped => "stopped".to_string(),
+        RunState::Failed(e) => format!("failed: {e}"),
+    };
+    if !state.is_empty() {
+        ui.label(RichText::new(state).small().weak());
+    }
+    egui::Frame::canvas(ui.style())
+        .inner_margin(10.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.set_min_height(48.0);
+            if o.answer.is_empty() && o.raw.is_empty() {
+                ui.label(RichText::new("The caption appears here as it is generated.").weak());
+            } else {
+                ui.label(RichText::new(&o.answer).size(20.0).strong());
+            }
+        });
+    if !o.raw.is_empty() && o.raw.trim() != o.answer {
+        ui.label(RichText::new(format!("raw: {}", o.raw)).small().monospace());
+    }
+}
+
+fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("Prompt and templates").default_open(false).show(ui, |ui| {
+        let prompt = app.ws.prompt();
+        match &prompt {
+            Ok(p) => {
+                let count = app.prompt_token_count(p);
+                let ctx_len = match &app.model {
+                    ModelState::Ready(i) => Some(i.context_len),
+                    _ => None,
+                };
+                let line = match (count, ctx_len) {
+                    (Some(Ok(n)), Some(c)) => format!("{n} prompt tokens + {} new of {c} context", app.settings.max_new_tokens),
+                    (Some(Ok(n)), None) => format!("{n} prompt tokens"),
+                    (Some(Err(e)), _) => format!("tokenizer: {e}"),
+                    (None, _) => "token count once the model is loaded".into(),
+                };
+                ui.label(RichText::new(line).small());
+                let mut job = egui::text::LayoutJob::default();
+                for (i, part) in p.split("<image>").enumerate() {
+                    if i > 0 {
+                        job.append("[image]", 0.0, egui::TextFormat { color: ACCENT, ..Default::default() });
+                    }
+                    for (j, seg) in part.split("<|endofchunk|>").enumerate() {
+                        if j > 0 {
+                            job.append("|", 0.0, egui::TextFormat { color: Color32::GRAY, ..Default::default() });
+                        }
+                        job.append(seg, 0.0, egui::TextFormat { font_id: egui::FontId::monospace(13.0), ..Default::default() });
+                    }
+                }
+                ui.label(job);
+            }
+            Err(e) => {
+                ui.colored_label(Color32::from_rgb(240, 120, 100), e.to_string());
+            }
+        }
+        ui.separator();
+        let task = app.ws.task;
+        let t = app.ws.templates_mut();
+        let mut changed = false;
+        egui::Grid::new("templates").num_columns(2).show(ui, |ui| {
+            ui.label("Example template");
+            changed |= ui.add(egui::TextEdit::singleline(&mut t.shot).desired_width(520.0)).changed();
+            ui.end_row();
+            ui.label("Final template");
+            changed |= ui.add(egui::TextEdit::singleline(&mut t.final_).desired_width(520.0)).changed();
+            ui.end_row();
+            ui.label("Zero-shot template");
+            changed |= ui.add(egui::TextEdit::singleline(&mut t.zeroshot).desired_width(520.0)).changed();
+            ui.end_row();
+        });
+        let fields = match task {
+            Task::Caption => "{caption}",
+            Task::Vqa => "{question}, {answer}",
+        };
+        ui.label(RichText::new(format!("Fields: {fields}. Each template holds one <image>. Without examples the zero-shot template is the whole prompt.")).small().weak());
+        if ui.button("Reset templates").clicked() {
+            cmds.push(Command::ResetTemplates);
+        }
+        if changed {
+            app.mark_dirty();
+        }
+    });
+}
+
+fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    for (i, m) in app.messages.iter().enumerate().rev().take(4) {
+        let color = if m.error {
+            Color32::from_rgb(120, 40, 40)
+        } else {
+            Color32::from_rgb(40, 70, 110)
+        };
+        egui::Frame::new()
+            .fill(color)
+            .corner_radius(4.0)
+            .inner_margin(6.0)
+            .show(ui, |ui| {
+                ui.set_min_width(ui.available_width());
+                ui.horizontal_wrapped(|ui| {
+                    ui.label(RichText::new(&m.text).color(Color32::WHITE));
+                    if ui.small_button("x").clicked() {
+                        cmds.push(super::Command::DismissMessage(i));
+                    }
+                });
+            });
+    }
+}
+
+fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
+    if app.stable_for_snapshots {
+        ui.label("status");
+        return;
+    }
+    ui.horizontal(|ui| {
+        let o = &app.output;
+        if let Some(t) = &o.timings {
+            ui.label(format!("image encode {:.2} s", t.encode_s));
+            ui.separator();
+            ui.label(format!("prefill {:.2} s", t.prefill_s));
+            ui.separator();
+        }
+        if let Some(ft) = o.first_token_s {
+            ui.label(format!("first token {ft:.2} s"));
+            ui.separator();
+        }
+        if let (Some(first), Some(last)) = (o.first_token_s, o.last_token_s) {
+            if o.tokens > 1 && last > first {
+                ui.label(format!(
+                    "{:.1} tokens/s",
+                    (o.tokens - 1) as f64 / (last - first)
+                ));
+                ui.separator();
+            }
+        }
+        if let Some(rss) = crate::cli::bench::rss_bytes() {
+            ui.label(format!("memory {:.2} GB", rss as f64 / 1e9));
+            ui.separator();
+        }
+        ui.label(format!("frame {:.1} ms", app.frames.last_ms));
+        if app.frames.frames_while_running > 0 {
+            ui.label(format!(
+                "(max {:.1} ms while generating)",
+                app.frames.max_ms_while_running
+            ));
+        }
+    });
+}
+
+fn hovering_files_overlay(ctx: &egui::Context) {
+    let hovering = ctx.input(|i| !i.raw.hovered_files.is_empty());
+    if !hovering {
+        return;
+    }
+    let painter = ctx.layer_painter(egui::LayerId::new(
+        egui::Order::Foreground,
+        egui::Id::NULL.with("drop-overlay"),
+    ));
+    let rect = ctx.content_rect();
+    painter.rect_filled(rect, 0.0, Color32::from_black_alpha(120));
+    painter.text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "Drop on the left to add examples, on the query area to set the query",
+        egui::FontId::proportional(20.0),
+        Color32::WHITE,
+    );
+}

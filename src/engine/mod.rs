@@ -1,0 +1,274 @@
+//! The inference thread: the only door between the app and the model. Requests go in, events
+//! come out (errors in the same stream), a cancel flag is checked every decoding step, and a
+//! waker is called after every event so the UI repaints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::Error;
+use crate::generate::Timings;
+use crate::pipeline::{CaptionRequest, Captioner};
+use crate::text::TextTokenizer;
+
+pub type JobId = u64;
+
+pub enum Request {
+    /// Load a registered model from the cache (replacing the current one).
+    Load {
+        model_id: String,
+    },
+    Generate {
+        job: JobId,
+        request: Box<CaptionRequest>,
+    },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ModelInfo {
+    pub model_id: String,
+    pub context_len: usize,
+    pub load_s: f64,
+}
+
+pub enum Event {
+    Loading {
+        model_id: String,
+    },
+    Loaded {
+        info: ModelInfo,
+        tokenizer: Arc<TextTokenizer>,
+    },
+    LoadFailed {
+        model_id: String,
+        error: String,
+    },
+    Started {
+        job: JobId,
+        prompt_tokens: usize,
+    },
+    Token {
+        job: JobId,
+        text: String,
+        n_tokens: usize,
+        since_start_s: f64,
+    },
+    Finished {
+        job: JobId,
+        raw_text: String,
+        text: String,
+        timings: Timings,
+        tokens: usize,
+    },
+    Cancelled {
+        job: JobId,
+    },
+    Failed {
+        job: JobId,
+        error: String,
+    },
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Loading { model_id } => write!(f, "Loading({model_id})"),
+            Event::Loaded { info, .. } => write!(f, "Loaded({})", info.model_id),
+            Event::LoadFailed { error, .. } => write!(f, "LoadFailed({error})"),
+            Event::Started { job, .. } => write!(f, "Started({job})"),
+            Event::Token { job, text, .. } => write!(f, "Token({job}, {text:?})"),
+            Event::Finished { job, text, .. } => write!(f, "Finished({job}, {text:?})"),
+            Event::Cancelled { job } => write!(f, "Cancelled({job})"),
+            Event::Failed { job, error } => write!(f, "Failed({job}, {error})"),
+        }
+    }
+}
+
+/// Called after each event is sent (the app passes `ctx.request_repaint`).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Where models come from: the default HF cache, or a given folder (tests).
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    pub hub_cache: Option<std::path::PathBuf>,
+    /// Compute threads for candle; None = all cores but one on machines with few cores.
+    pub threads: Option<usize>,
+}
+
+/// Threads to compute with: leave one core to the UI on small machines, never oversubscribe.
+pub fn default_threads() -> usize {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if n <= 4 {
+        n.saturating_sub(1).max(1)
+    } else {
+        n - 1
+    }
+}
+
+/// Handle held by the UI.
+pub struct Engine {
+    tx: Sender<Request>,
+    rx: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    next_job: JobId,
+}
+
+impl Engine {
+    pub fn start(config: EngineConfig, waker: Waker) -> Self {
+        let (tx, req_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("flamingo-engine".into())
+            .spawn(move || run(config, req_rx, ev_tx, c, waker))
+            .ok();
+        Self {
+            tx,
+            rx,
+            cancel,
+            thread,
+            next_job: 1,
+        }
+    }
+
+    pub fn load(&self, model_id: &str) {
+        let _ = self.tx.send(Request::Load {
+            model_id: model_id.to_string(),
+        });
+    }
+
+    /// Queues a generation and returns its id.
+    pub fn generate(&mut self, request: CaptionRequest) -> JobId {
+        let job = self.next_job;
+        self.next_job += 1;
+        self.cancel.store(false, Ordering::SeqCst);
+        let _ = self.tx.send(Request::Generate {
+            job,
+            request: Box::new(request),
+        });
+        job
+    }
+
+    /// Stops the running generation at its next step.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Events received so far, without waiting.
+    pub fn poll(&self) -> Vec<Event> {
+        self.rx.try_iter().collect()
+    }
+
+    /// Waits for the next event (tests and the CLI; never the UI).
+    pub fn recv_timeout(&self, t: std::time::Duration) -> Option<Event> {
+        self.rx.recv_timeout(t).ok()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    config: EngineConfig,
+    rx: Receiver<Request>,
+    tx: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    waker: Waker,
+) {
+    let threads = config.threads.unwrap_or_else(default_threads);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let send = |e: Event| {
+        let _ = tx.send(e);
+        waker();
+    };
+    let device = candle_core::Device::Cpu;
+    let mut model: Option<Captioner> = None;
+    while let Ok(req) = rx.recv() {
+        match req {
+            Request::Shutdown => break,
+            Request::Load { model_id } => {
+                send(Event::Loading {
+                    model_id: model_id.clone(),
+                });
+                model = None; // free the old weights first
+                let cache = config
+                    .hub_cache
+                    .clone()
+                    .unwrap_or_else(crate::hub::cache_dir);
+                match Captioner::load_from(&cache, &model_id, &device) {
+                    Ok(c) => {
+                        let info = ModelInfo {
+                            model_id: c.model_id.clone(),
+                            context_len: c.model.max_seq_len(),
+                            load_s: c.load_s,
+                        };
+                        let tokenizer = Arc::new(c.tokenizer.clone());
+                        model = Some(c);
+                        send(Event::Loaded { info, tokenizer });
+                    }
+                    Err(e) => send(Event::LoadFailed {
+                        model_id,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Request::Generate { job, request } => {
+                let Some(c) = model.as_ref() else {
+                    send(Event::Failed {
+                        job,
+                        error: "no model is loaded yet".into(),
+                    });
+                    continue;
+                };
+                let prompt_tokens = request
+                    .prompt()
+                    .and_then(|p| c.tokenizer.encode(&p))
+                    .map(|ids| ids.len())
+                    .unwrap_or(0);
+                send(Event::Started { job, prompt_tokens });
+                let t0 = Instant::now();
+                let mut n = 0usize;
+                let res = c.caption(&request, &cancel, |chunk| {
+                    n += 1;
+                    send(Event::Token {
+                        job,
+                        text: chunk.to_string(),
+                        n_tokens: n,
+                        since_start_s: t0.elapsed().as_secs_f64(),
+                    });
+                });
+                match res {
+                    Ok(r) => send(Event::Finished {
+                        job,
+                        tokens: r.generated.tokens.len(),
+                        raw_text: r.raw_text,
+                        text: r.text,
+                        timings: r.generated.timings,
+                    }),
+                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
+                    Err(e) => send(Event::Failed {
+                        job,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}

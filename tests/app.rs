@@ -1,0 +1,291 @@
+//! The real app state driven through egui_kittest: drops, typing, Generate with the tiny test
+//! model, Stop, a corrupt file, and a prompt set saved and reopened.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use flamingo::app::{AppOptions, Command, FlamingoApp, ModelState, RunState};
+
+#[derive(Debug)]
+struct TestFile(PathBuf);
+
+impl egui::DroppedFile for TestFile {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn harness(data_dir: &Path) -> Harness<'static, FlamingoApp> {
+    let opts = AppOptions {
+        data_dir: Some(data_dir.to_path_buf()),
+        hub_cache: Some(hub("hf")),
+        autoload: true,
+        model_id: None,
+        stable_for_snapshots: true,
+    };
+    Harness::builder()
+        .with_size(egui::vec2(1180.0, 760.0))
+        .build_eframe(move |cc| FlamingoApp::new(cc, opts))
+}
+
+/// Steps the UI until `cond` holds (background threads deliver through channels).
+fn wait_until(h: &mut Harness<'_, FlamingoApp>, what: &str, cond: impl Fn(&FlamingoApp) -> bool) {
+    let t0 = Instant::now();
+    while !cond(h.state()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn ready(h: &mut Harness<'_, FlamingoApp>) {
+    wait_until(h, "the model and the sample images", |a| {
+        matches!(a.model, ModelState::Ready(_)) && a.loading_images == 0
+    });
+}
+
+fn drop_files(h: &mut Harness<'_, FlamingoApp>, at: egui::Pos2, files: &[PathBuf]) {
+    h.hover_at(at);
+    h.step();
+    for f in files {
+        h.input_mut()
+            .dropped_files
+            .push(Arc::new(TestFile(f.clone())));
+    }
+    h.step();
+}
+
+fn img(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+#[test]
+fn first_launch_shows_samples_and_generates_from_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    assert_eq!(h.state().ws.examples.len(), 3, "the bundled example set");
+    assert!(h.state().ws.query.is_some());
+    h.snapshot("first_launch");
+
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
+    let o = &h.state().output;
+    assert!(
+        o.tokens > 0 && o.first_token_s.is_some(),
+        "tokens streamed in: {o:?}"
+    );
+    assert!(!o.raw.is_empty());
+}
+
+#[test]
+fn drops_typing_generate_stop_and_a_corrupt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().apply(Command::NewSet);
+    h.step();
+    assert!(h.state().ws.examples.is_empty() && h.state().ws.query.is_none());
+
+    // Two files onto the examples panel become two examples, in order.
+    let [examples_rect, query_rect] = h.state().drop_rects();
+    drop_files(
+        &mut h,
+        examples_rect.center(),
+        &[img("chelsea.png"), img("coffee.png")],
+    );
+    wait_until(&mut h, "two examples", |a| {
+        a.ws.examples.len() == 2 && a.loading_images == 0
+    });
+    let names: Vec<_> = h
+        .state()
+        .ws
+        .examples
+        .iter()
+        .map(|e| e.image.name.clone())
+        .collect();
+    assert_eq!(names, ["chelsea.png", "coffee.png"]);
+
+    // One file onto the query area becomes the query.
+    let [_, query_rect_now] = h.state().drop_rects();
+    assert_eq!(query_rect, query_rect_now);
+    drop_files(&mut h, query_rect.center(), &[img("astronaut.png")]);
+    wait_until(&mut h, "the query", |a| {
+        a.ws.query.is_some() && a.loading_images == 0
+    });
+    assert_eq!(h.state().ws.query.as_ref().unwrap().name, "astronaut.png");
+
+    // Type the captions into the two caption fields.
+    for (i, text) in ["A cat lying on a rug.", "A cup of coffee on a table."]
+        .iter()
+        .enumerate()
+    {
+        let fields = h
+            .get_all_by_role(egui::accesskit::Role::MultilineTextInput)
+            .collect::<Vec<_>>();
+        assert_eq!(fields.len(), 2);
+        fields[i].focus();
+        fields[i].type_text(text);
+        h.step();
+    }
+    let captions: Vec<_> = h
+        .state()
+        .ws
+        .examples
+        .iter()
+        .map(|e| e.text.caption.clone())
+        .collect();
+    assert_eq!(
+        captions,
+        ["A cat lying on a rug.", "A cup of coffee on a table."]
+    );
+    // The prompt is exactly the reference's 2-shot prompt.
+    let want = reference_json("every1_twoshot.json");
+    assert_eq!(
+        h.state().ws.prompt().unwrap(),
+        want["prompt"].as_str().unwrap()
+    );
+    h.snapshot("two_examples_and_query");
+
+    // Generate streams the reference's tokens (6 new tokens, greedy).
+    h.state_mut().settings.max_new_tokens = 6;
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
+    assert_eq!(
+        h.state().output.raw,
+        want["generated_text"].as_str().unwrap()
+    );
+
+    // Stop takes effect within a step.
+    h.state_mut().settings.max_new_tokens = 1900;
+    h.get_by_label("Generate").click();
+    h.step();
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "the stop", |a| a.output.state != RunState::Running);
+    assert_eq!(h.state().output.state, RunState::Stopped);
+    assert!(h.state().output.tokens < 1900);
+
+    // A file that is not an image: a visible message, nothing else changes.
+    let bad = dir.path().join("holiday.png");
+    std::fs::write(&bad, b"definitely not a png").unwrap();
+    let before = h.state().ws.examples.len();
+    drop_files(&mut h, examples_rect.center(), &[bad]);
+    wait_until(&mut h, "the error", |a| {
+        a.loading_images == 0 && !a.messages.is_empty()
+    });
+    assert_eq!(h.state().ws.examples.len(), before);
+    let msg = &h.state().messages.last().unwrap().text;
+    assert!(msg.contains("holiday.png"), "{msg}");
+    assert!(
+        h.query_all_by_label_contains("holiday.png")
+            .next()
+            .is_some(),
+        "the message is on screen"
+    );
+}
+
+#[test]
+fn a_prompt_set_saved_and_reopened_gives_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    {
+        let app = h.state_mut();
+        app.ws.examples[1].enabled = false;
+        app.ws.examples[0].text.caption = "edited caption".into();
+        app.ws.question = "What is shown?".into();
+        app.ws.caption_templates.final_ = "<image>Caption:".into();
+        app.apply(Command::MoveExample { from: 2, to: 0 });
+    }
+    let fingerprint = |a: &FlamingoApp| {
+        let ex: Vec<_> =
+            a.ws.examples
+                .iter()
+                .map(|e| {
+                    (
+                        e.image.name.clone(),
+                        e.image.bytes.clone(),
+                        e.text.clone(),
+                        e.enabled,
+                    )
+                })
+                .collect();
+        let q =
+            a.ws.query
+                .as_ref()
+                .map(|q| (q.name.clone(), q.bytes.clone()));
+        (
+            ex,
+            q,
+            a.ws.task,
+            a.ws.question.clone(),
+            a.ws.caption_templates.clone(),
+            a.ws.vqa_templates.clone(),
+        )
+    };
+    let before = fingerprint(h.state());
+    let path = dir.path().join("mine.flamingo.json");
+    h.state_mut().apply(Command::SaveSet(path.clone()));
+    h.state_mut().apply(Command::NewSet);
+    h.step();
+    assert!(h.state().ws.examples.is_empty());
+    h.state_mut().apply(Command::OpenSet(path.clone()));
+    wait_until(&mut h, "the reopened set", |a| a.loading_images == 0);
+    assert_eq!(fingerprint(h.state()), before);
+    assert_eq!(h.state().settings.recent_sets.first(), Some(&path));
+
+    // The working set survives a restart.
+    h.state_mut().save_working_set_now().unwrap();
+    drop(h);
+    let mut h2 = harness(dir.path());
+    ready(&mut h2);
+    assert_eq!(fingerprint(h2.state()), before);
+
+    // A damaged set file changes nothing.
+    std::fs::write(&path, "{ not json").unwrap();
+    h2.state_mut().apply(Command::OpenSet(path));
+    h2.step();
+    assert_eq!(fingerprint(h2.state()), before);
+    assert!(h2.state().messages.last().unwrap().error);
+}
+
+#[test]
+fn without_a_model_it_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let opts = AppOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        hub_cache: Some(empty.path().to_path_buf()),
+        autoload: true,
+        model_id: None,
+        stable_for_snapshots: true,
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1180.0, 760.0))
+        .build_eframe(move |cc| FlamingoApp::new(cc, opts));
+    wait_until(&mut h, "the load failure", |a| {
+        matches!(a.model, ModelState::Failed { .. }) && a.loading_images == 0
+    });
+    assert!(h
+        .query_all_by_label_contains("could not be loaded")
+        .next()
+        .is_some());
+    assert!(h
+        .query_all_by_label_contains("huggingface-cli download")
+        .next()
+        .is_some());
+    h.snapshot("no_model");
+}
