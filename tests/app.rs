@@ -265,10 +265,13 @@ fn a_prompt_set_saved_and_reopened_gives_the_same_state() {
 #[test]
 fn without_a_model_it_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let empty = tempfile::tempdir().unwrap();
+    // A fixed path: the message names it, and the snapshot must not change from run to run.
+    let empty = std::env::temp_dir().join("flamingo-test-empty-hub");
+    let _ = std::fs::remove_dir_all(&empty);
+    std::fs::create_dir_all(&empty).unwrap();
     let opts = AppOptions {
         data_dir: Some(dir.path().to_path_buf()),
-        hub_cache: Some(empty.path().to_path_buf()),
+        hub_cache: Some(empty.clone()),
         autoload: true,
         model_id: None,
         stable_for_snapshots: true,

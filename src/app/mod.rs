@@ -111,11 +111,49 @@ pub struct Message {
 }
 
 /// Frame-time statistics (the UI must stay responsive while the model runs).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct FrameStats {
     pub last_ms: f32,
     pub max_ms_while_running: f32,
+    pub sum_ms_while_running: f64,
     pub frames_while_running: u64,
+    pub over_50ms_while_running: u64,
+}
+
+impl FrameStats {
+    fn record(&mut self, ms: f32, running: bool) {
+        self.last_ms = ms;
+        if running {
+            self.frames_while_running += 1;
+            self.sum_ms_while_running += ms as f64;
+            self.max_ms_while_running = self.max_ms_while_running.max(ms);
+            if ms > 50.0 {
+                self.over_50ms_while_running += 1;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self {
+            last_ms: self.last_ms,
+            ..Default::default()
+        };
+    }
+
+    /// With `FLAMINGO_FRAME_STATS=FILE`, appends one JSON line per generation (measurements).
+    fn log(&self, outcome: &str, tokens: usize) {
+        if let Some(path) = std::env::var_os("FLAMINGO_FRAME_STATS") {
+            use std::io::Write;
+            let line = serde_json::json!({ "outcome": outcome, "tokens": tokens, "frames": self });
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
 }
 
 enum DialogResult {
@@ -486,8 +524,7 @@ impl FlamingoApp {
                     state: RunState::Running,
                     ..Default::default()
                 };
-                self.frames.max_ms_while_running = 0.0;
-                self.frames.frames_while_running = 0;
+                self.frames.reset();
             }
             Err(e) => self.error(e),
         }
@@ -608,9 +645,11 @@ impl FlamingoApp {
                 self.output.tokens = tokens;
                 self.output.timings = Some(timings);
                 self.output.state = RunState::Done;
+                self.frames.log("done", tokens);
             }
             Event::Cancelled { job } if mine(job, &self.output) => {
                 self.output.state = RunState::Stopped;
+                self.frames.log("stopped", self.output.tokens);
             }
             Event::Failed { job, error } if mine(job, &self.output) => {
                 self.output.state = RunState::Failed(error.clone());
@@ -692,18 +731,16 @@ impl eframe::App for FlamingoApp {
         }
     }
 
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        // eframe's measure of the previous frame (UI code, tessellation and painting).
+        let prev_ms = frame.info().cpu_usage.map(|s| s * 1000.0);
         let t0 = Instant::now();
         let cmds = ui::show(self, ui);
         for c in cmds {
             self.apply(c);
         }
-        let ms = t0.elapsed().as_secs_f32() * 1000.0;
-        self.frames.last_ms = ms;
-        if self.is_running() {
-            self.frames.frames_while_running += 1;
-            self.frames.max_ms_while_running = self.frames.max_ms_while_running.max(ms);
-        }
+        let ms = prev_ms.unwrap_or(t0.elapsed().as_secs_f32() * 1000.0);
+        self.frames.record(ms, self.is_running());
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -12,6 +12,15 @@ const ACCENT: Color32 = Color32::from_rgb(244, 114, 160);
 pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
     let mut cmds = Vec::new();
     let ctx = ui.ctx().clone();
+    // Keyboard: Ctrl/Cmd+Enter generates, Escape stops.
+    if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter)) {
+        cmds.push(Command::Generate);
+    }
+    if app.is_running()
+        && ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape))
+    {
+        cmds.push(Command::Stop);
+    }
     egui::Panel::top("top").show(ui, |ui| top_bar(app, ui, &mut cmds));
     egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
     let examples_rect = egui::Panel::left("examples")
@@ -116,7 +125,11 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         }
         ui.separator();
         ui.label("Device");
-        ui.label(RichText::new(device_label()).strong());
+        let device = match &app.model {
+            ModelState::Ready(info) => info.device.clone(),
+            _ => device_label().to_string(),
+        };
+        ui.label(RichText::new(device).strong());
         ui.separator();
         ui.label("Task");
         let mut task = app.ws.task;

@@ -135,7 +135,7 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
         max_new_tokens: a.max_new_tokens,
         keep_logits: a.logits_out.is_some(),
     };
-    let device = candle_core::Device::Cpu;
+    let (device, _) = crate::engine::pick_device();
     let captioner = Captioner::load(&a.model, &device)?;
     let cancel = AtomicBool::new(false);
     let json = a.json;

@@ -31,6 +31,8 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
     pub model_id: String,
+    /// "CPU", "CUDA" or "Metal".
+    pub device: String,
     pub context_len: usize,
     pub load_s: f64,
 }
@@ -198,7 +200,7 @@ fn run(
         let _ = tx.send(e);
         waker();
     };
-    let device = candle_core::Device::Cpu;
+    let (device, device_label) = pick_device();
     let mut model: Option<Captioner> = None;
     while let Ok(req) = rx.recv() {
         match req {
@@ -216,6 +218,7 @@ fn run(
                     Ok(c) => {
                         let info = ModelInfo {
                             model_id: c.model_id.clone(),
+                            device: device_label.clone(),
                             context_len: c.model.max_seq_len(),
                             load_s: c.load_s,
                         };
@@ -271,4 +274,24 @@ fn run(
             }
         }
     }
+}
+
+/// The compute device of this build: CUDA or Metal when compiled in and present, else the CPU.
+/// Returns the device and a label for the UI.
+pub fn pick_device() -> (candle_core::Device, String) {
+    #[cfg(feature = "cuda")]
+    {
+        match candle_core::Device::new_cuda(0) {
+            Ok(d) => return (d, "CUDA".into()),
+            Err(e) => eprintln!("CUDA unavailable ({e}); using the CPU"),
+        }
+    }
+    #[cfg(feature = "metal")]
+    {
+        match candle_core::Device::new_metal(0) {
+            Ok(d) => return (d, "Metal".into()),
+            Err(e) => eprintln!("Metal unavailable ({e}); using the CPU"),
+        }
+    }
+    (candle_core::Device::Cpu, "CPU".into())
 }
