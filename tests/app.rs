@@ -292,3 +292,28 @@ fn without_a_model_it_says_what_to_do() {
         .is_some());
     h.snapshot("no_model");
 }
+
+#[test]
+fn pasted_file_paths_become_images() {
+    let text = format!(
+        "file://{}\n{}\n/not/there.png\n",
+        img("chelsea.png").display(),
+        img("coffee.png").display()
+    );
+    let paths = flamingo::app::paths_in_text(&text);
+    assert_eq!(paths, vec![img("chelsea.png"), img("coffee.png")]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().apply(Command::NewSet);
+    h.step();
+    h.event(egui::Event::Paste(
+        img("astronaut.png").display().to_string(),
+    ));
+    h.step();
+    wait_until(&mut h, "the pasted query", |a| {
+        a.ws.query.is_some() && a.loading_images == 0
+    });
+    assert_eq!(h.state().ws.query.as_ref().unwrap().name, "astronaut.png");
+}

@@ -51,6 +51,8 @@ pub enum Command {
     LoadModel(String),
     NewSet,
     PickImages(DropTarget),
+    /// An image (bitmap) or image file paths from the clipboard.
+    PasteImage(DropTarget),
     OpenSetDialog,
     SaveSetDialog,
     OpenSet(PathBuf),
@@ -118,6 +120,10 @@ pub struct FrameStats {
     pub sum_ms_while_running: f64,
     pub frames_while_running: u64,
     pub over_50ms_while_running: u64,
+    /// (seconds since Generate, frame ms) of the slowest frames, for diagnosis.
+    pub slow_frames: Vec<(f32, f32)>,
+    #[serde(skip)]
+    started: Option<Instant>,
 }
 
 impl FrameStats {
@@ -130,12 +136,20 @@ impl FrameStats {
             if ms > 50.0 {
                 self.over_50ms_while_running += 1;
             }
+            if ms > 20.0 && self.slow_frames.len() < 32 {
+                let t = self
+                    .started
+                    .map(|s| s.elapsed().as_secs_f32())
+                    .unwrap_or(0.0);
+                self.slow_frames.push((t, ms));
+            }
         }
     }
 
     fn reset(&mut self) {
         *self = Self {
             last_ms: self.last_ms,
+            started: Some(Instant::now()),
             ..Default::default()
         };
     }
@@ -158,6 +172,8 @@ impl FrameStats {
 
 enum DialogResult {
     Images(DropTarget, Vec<PathBuf>),
+    Pasted(DropTarget, Vec<Source>),
+    Nothing(String),
     Open(PathBuf),
     Save(PathBuf),
 }
@@ -404,6 +420,10 @@ impl FlamingoApp {
                     })
                 });
             }
+            Command::PasteImage(to) => {
+                // The clipboard can block briefly on X11: read it off the UI thread.
+                self.spawn_dialog(async move { Some(read_clipboard(to)) });
+            }
             Command::OpenSetDialog => {
                 let dlg = rfd::AsyncFileDialog::new()
                     .add_filter("Flamingo prompt set", &["json"])
@@ -599,6 +619,8 @@ impl FlamingoApp {
                     sources: paths.into_iter().map(Source::Path).collect(),
                     to,
                 }),
+                DialogResult::Pasted(to, sources) => self.apply(Command::AddImages { sources, to }),
+                DialogResult::Nothing(why) => self.error(why),
                 DialogResult::Open(p) => self.apply(Command::OpenSet(p)),
                 DialogResult::Save(p) => self.apply(Command::SaveSet(p)),
             }
@@ -689,6 +711,36 @@ impl FlamingoApp {
         self.apply(Command::AddImages { sources, to });
     }
 
+    /// Ctrl+V of file paths (copied in a file manager) while no text field has the focus.
+    fn take_pasted_paths(&mut self, ctx: &egui::Context) {
+        if ctx.memory(|m| m.focused().is_some()) {
+            return;
+        }
+        let pasted: Vec<String> = ctx.input(|i| {
+            i.events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::Paste(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        for text in pasted {
+            let paths = paths_in_text(&text);
+            if !paths.is_empty() {
+                let to = if self.ws.query.is_none() && paths.len() == 1 {
+                    DropTarget::Query
+                } else {
+                    DropTarget::Examples
+                };
+                self.apply(Command::AddImages {
+                    sources: paths.into_iter().map(Source::Path).collect(),
+                    to,
+                });
+            }
+        }
+    }
+
     fn autosave(&mut self) {
         let Some(since) = self.dirty_since else {
             return;
@@ -721,10 +773,54 @@ impl FlamingoApp {
     }
 }
 
+/// An image on the clipboard (as PNG bytes), or image files named by the clipboard's text.
+fn read_clipboard(to: DropTarget) -> DialogResult {
+    let mut cb = match arboard::Clipboard::new() {
+        Ok(c) => c,
+        Err(e) => return DialogResult::Nothing(format!("The clipboard cannot be read: {e}")),
+    };
+    if let Ok(img) = cb.get_image() {
+        let rgba =
+            image::RgbaImage::from_raw(img.width as u32, img.height as u32, img.bytes.into_owned());
+        if let Some(rgba) = rgba {
+            let mut png = Vec::new();
+            if image::DynamicImage::ImageRgba8(rgba)
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .is_ok()
+            {
+                let source = Source::Bytes {
+                    name: "pasted image.png".into(),
+                    bytes: png.into(),
+                };
+                return DialogResult::Pasted(to, vec![source]);
+            }
+        }
+    }
+    if let Ok(text) = cb.get_text() {
+        let paths = paths_in_text(&text);
+        if !paths.is_empty() {
+            return DialogResult::Pasted(to, paths.into_iter().map(Source::Path).collect());
+        }
+    }
+    DialogResult::Nothing("The clipboard holds no image and no image file.".into())
+}
+
+/// Files named in pasted text: one per line, plain paths or `file://` URIs.
+pub fn paths_in_text(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("file://").unwrap_or(l))
+        .map(|l| PathBuf::from(l.replace("%20", " ")))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
 impl eframe::App for FlamingoApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.pump();
         self.take_dropped_files(ctx);
+        self.take_pasted_paths(ctx);
         self.autosave();
         if self.dirty_since.is_some() || self.loading_images > 0 {
             ctx.request_repaint_after(Duration::from_millis(200));

@@ -172,6 +172,13 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         if ui.button("Add images…").clicked() {
             cmds.push(Command::PickImages(DropTarget::Examples));
         }
+        if ui
+            .button("Paste")
+            .on_hover_text("an image or image files from the clipboard")
+            .clicked()
+        {
+            cmds.push(Command::PasteImage(DropTarget::Examples));
+        }
     });
     ui.label(RichText::new("Drop image files here. Each example is an image with its caption; they go into the prompt in this order.").small().weak());
     if app.loading_images > 0 {
@@ -296,6 +303,13 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
                 ui.heading("Query");
                 if ui.button("Choose image…").clicked() {
                     cmds.push(Command::PickImages(DropTarget::Query));
+                }
+                if ui
+                    .button("Paste")
+                    .on_hover_text("an image from the clipboard")
+                    .clicked()
+                {
+                    cmds.push(Command::PasteImage(DropTarget::Query));
                 }
                 if app.ws.query.is_some() && ui.button("Clear").clicked() {
                     cmds.push(Command::ClearQuery);
