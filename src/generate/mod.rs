@@ -85,17 +85,8 @@ pub fn greedy(
         });
     }
     let t0 = Instant::now();
-    let media = match pixels {
-        Some(p) if n_images > 0 => model.encode_images(p)?.unsqueeze(0)?,
-        _ => {
-            let w = model.vision_config().width;
-            Tensor::zeros((1, 0, 64, w), model.dtype(), model.device())?
-        }
-    };
+    let media = encode_media(model, pixels, cancel)?;
     out.timings.encode_s = t0.elapsed().as_secs_f64();
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Cancelled);
-    }
     let mut session = model.session(&media)?;
     let t1 = Instant::now();
     let logits = session.forward(&[prompt_ids.to_vec()])?;
@@ -126,6 +117,27 @@ pub fn greedy(
     out.timings.decode_s = t2.elapsed().as_secs_f64();
     out.timings.decode_tokens = out.tokens.len();
     Ok(out)
+}
+
+/// Latents [1, T_img, L, D] of a prompt's images, encoded one by one so that a cancel is seen
+/// between images.
+pub fn encode_media(model: &Flamingo, pixels: Option<&Tensor>, cancel: &AtomicBool) -> Result<Tensor> {
+    let n = pixels.map(|p| p.dim(0)).transpose()?.unwrap_or(0);
+    let Some(p) = pixels.filter(|_| n > 0) else {
+        let w = model.vision_config().width;
+        return Ok(Tensor::zeros((1, 0, 64, w), model.dtype(), model.device())?);
+    };
+    let mut latents = Vec::with_capacity(n);
+    for i in 0..n {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        latents.push(model.encode_images(&p.narrow(0, i, 1)?)?);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    Ok(Tensor::cat(&latents, 0)?.unsqueeze(0)?)
 }
 
 /// Index of the largest value of each row of [.., V] logits.
