@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::generate::{greedy, GenerateOptions, Generated};
+use crate::generate::{generate, GenerateOptions, Generated, GenerationConfig};
 use crate::hub::{self, registry};
 use crate::model::{preprocess, Flamingo};
 use crate::text::prompt::{post_process, task_prompt, ShotText, Task, Templates};
@@ -53,7 +53,7 @@ pub struct CaptionRequest {
     /// The query's question (VQA).
     pub question: String,
     pub templates: Templates,
-    pub max_new_tokens: usize,
+    pub generation: GenerationConfig,
     pub keep_logits: bool,
 }
 
@@ -158,14 +158,14 @@ impl Captioner {
         }
         let pixels = self.pixels(&images)?;
         let opts = GenerateOptions {
-            max_new_tokens: req.max_new_tokens,
+            config: req.generation.clone(),
             eos_id: self.tokenizer.eoc_id,
             suppress: vec![self.tokenizer.media_id],
             keep_logits: req.keep_logits,
         };
         let mut stream = self.tokenizer.stream();
         let mut stream_err = None;
-        let generated = greedy(
+        let generated = generate(
             &self.model,
             Some(&pixels),
             &prompt_ids,

@@ -199,3 +199,86 @@ fn bench_tiny_prints_json() {
     }
     assert_eq!(v["prompt_tokens"], 37);
 }
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn sampling_with_a_seed_is_repeatable() {
+    let q = img("astronaut.png");
+    let args = |seed: &str| {
+        vec![
+            "caption",
+            "--json",
+            "--do-sample",
+            "--temperature",
+            "3.0",
+            "--top-k",
+            "50",
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            seed,
+            q.as_str(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let a1 = args("3");
+    let a2 = args("4");
+    let r1 = run_json(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let r2 = run_json(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let r3 = run_json(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r1["token_ids"], r2["token_ids"]);
+    assert_ne!(r1["token_ids"], r3["token_ids"]);
+}
+
+#[test]
+fn vqa_prompt_from_the_command_line() {
+    let v = run_json(&[
+        "caption",
+        "--json",
+        "--task",
+        "vqa",
+        "--question",
+        "What is she wearing?",
+        "--shot",
+        img("chelsea.png").as_str(),
+        "What animal is this?=>a cat",
+        "--max-new-tokens",
+        "3",
+        img("astronaut.png").as_str(),
+    ]);
+    assert_eq!(
+        v["prompt"],
+        "<image>Question:What animal is this? Short Answer:a cat<|endofchunk|><image>Question:What is she wearing? Short Answer:"
+    );
+    let v = run_json(&[
+        "caption",
+        "--json",
+        "--preset",
+        "open_flamingo",
+        "--shot",
+        img("chelsea.png").as_str(),
+        "A cat.",
+        "--max-new-tokens",
+        "2",
+        img("astronaut.png").as_str(),
+    ]);
+    assert_eq!(
+        v["prompt"],
+        "<image>Output:A cat.<|endofchunk|>\n<image>Output:"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use flamingo::generate::{greedy, GenerateOptions};
+use flamingo::generate::{generate, GenerateOptions, GenerationConfig};
 use flamingo::hub::{registry, resolve_in};
 use flamingo::model::Flamingo;
 use flamingo::text::prompt::{caption_prompt, Templates};
@@ -90,12 +90,15 @@ fn check_case(l: &Loaded, tag: &str) {
 
     // Greedy decoding with the KV cache.
     let opts = GenerateOptions {
-        max_new_tokens: info["max_new_tokens"].as_u64().unwrap() as usize,
+        config: GenerationConfig {
+            max_new_tokens: info["max_new_tokens"].as_u64().unwrap() as usize,
+            ..Default::default()
+        },
         eos_id: l.tok.eoc_id,
         suppress: vec![l.tok.media_id],
         keep_logits: true,
     };
-    let g = greedy(
+    let g = generate(
         &l.model,
         Some(&pixels),
         &prompt_ids,

@@ -523,7 +523,10 @@ impl FlamingoApp {
             query: img(query),
             question: self.ws.question.clone(),
             templates: self.ws.templates().clone(),
-            max_new_tokens: self.settings.max_new_tokens,
+            generation: crate::generate::GenerationConfig {
+                max_new_tokens: self.settings.max_new_tokens,
+                ..self.settings.generation.clone()
+            },
             keep_logits: false,
         })
     }

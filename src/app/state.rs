@@ -42,6 +42,8 @@ pub struct Settings {
     /// Compute threads; None = leave a core to the UI.
     pub threads: Option<usize>,
     pub recent_sets: Vec<PathBuf>,
+    /// Decoding options (its `max_new_tokens` is the one above).
+    pub generation: crate::generate::GenerationConfig,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             max_new_tokens: 20,
             threads: None,
             recent_sets: Vec::new(),
+            generation: Default::default(),
         }
     }
 }

@@ -139,6 +139,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             cmds.push(Command::SetTask(task));
         }
         ui.separator();
+        ui.menu_button("Decoding", |ui| decoding_menu(app, ui));
         let max_label = ui.label("Max new tokens");
         ui.add(egui::DragValue::new(&mut app.settings.max_new_tokens).range(1..=2000))
             .labelled_by(max_label.id);
@@ -149,6 +150,58 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             format!("{model_id} could not be loaded: {error}"),
         );
         ui.label("The model's files must be in the Hugging Face cache (HF_HOME / HF_HUB_CACHE, default ~/.cache/huggingface/hub). Download them once with network access, e.g. `huggingface-cli download openflamingo/OpenFlamingo-3B-vitl-mpt1b`, `anas-awadalla/mpt-1b-redpajama-200b` and `timm/vit_large_patch14_clip_224.openai`; after that the app works offline.");
+    }
+}
+
+fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
+    let g = &mut app.settings.generation;
+    ui.checkbox(&mut g.do_sample, "Sample (otherwise greedy)");
+    egui::Grid::new("decoding").num_columns(2).show(ui, |ui| {
+        let row = |ui: &mut Ui, name: &str, w: egui::DragValue<'_>| {
+            let l = ui.label(name);
+            ui.add(w).labelled_by(l.id);
+            ui.end_row();
+        };
+        row(
+            ui,
+            "temperature",
+            egui::DragValue::new(&mut g.temperature)
+                .range(0.05..=5.0)
+                .speed(0.01),
+        );
+        row(
+            ui,
+            "top-k (0 = off)",
+            egui::DragValue::new(&mut g.top_k).range(0..=1000),
+        );
+        row(
+            ui,
+            "top-p",
+            egui::DragValue::new(&mut g.top_p)
+                .range(0.01..=1.0)
+                .speed(0.01),
+        );
+        row(ui, "seed", egui::DragValue::new(&mut g.seed));
+        row(
+            ui,
+            "repetition penalty",
+            egui::DragValue::new(&mut g.repetition_penalty)
+                .range(0.5..=3.0)
+                .speed(0.01),
+        );
+        row(
+            ui,
+            "no-repeat n-gram",
+            egui::DragValue::new(&mut g.no_repeat_ngram_size).range(0..=10),
+        );
+        row(
+            ui,
+            "min new tokens",
+            egui::DragValue::new(&mut g.min_new_tokens).range(0..=512),
+        );
+    });
+    if ui.button("Defaults (greedy)").clicked() {
+        *g = Default::default();
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::generate::{greedy, GenerateOptions};
+use crate::generate::{generate, GenerateOptions, GenerationConfig};
 use crate::model::config::{MosaicGptConfig, VisionConfig};
 use crate::model::loader::random_model;
 
@@ -108,13 +108,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     // Decode: never stop early (no eos), so exactly `tokens` steps are timed.
     let opts = GenerateOptions {
-        max_new_tokens: a.tokens.max(2),
+        config: GenerationConfig {
+            max_new_tokens: a.tokens.max(2),
+            ..Default::default()
+        },
         eos_id: u32::MAX,
         suppress: vec![media],
         keep_logits: false,
     };
     let cancel = AtomicBool::new(false);
-    let g = greedy(&model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
+    let g = generate(&model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
     let decode_per_token = g.timings.decode_s / (g.tokens.len().max(2) - 1) as f64;
     let out = serde_json::json!({
         "shape": a.shape,

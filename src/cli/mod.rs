@@ -10,12 +10,10 @@ use std::sync::atomic::AtomicBool;
 use clap::{Parser, Subcommand};
 
 use crate::error::Result;
+use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
-use crate::text::prompt::{
-    ShotText, Task, Templates, DEFAULT_FINAL_TEMPLATE, DEFAULT_SHOT_TEMPLATE,
-    DEFAULT_ZEROSHOT_TEMPLATE,
-};
+use crate::text::prompt::{preset, ShotText, Task, Templates, PRESETS};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,7 +31,7 @@ pub enum Command {
     /// Open the desktop app (the default without a subcommand).
     App(AppArgs),
     /// Caption QUERY_IMAGE, optionally after example images with their captions.
-    Caption(CaptionArgs),
+    Caption(Box<CaptionArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
 }
@@ -59,26 +57,132 @@ pub struct CaptionArgs {
     /// Model id (hub repo of the OpenFlamingo checkpoint).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// An example: an image and its caption (repeat for several).
-    #[arg(long, num_args = 2, value_names = ["IMAGE", "CAPTION"], action = clap::ArgAction::Append)]
+    /// An example: an image and its text (repeat for several). For VQA the text is
+    /// `QUESTION=>ANSWER`.
+    #[arg(long, num_args = 2, value_names = ["IMAGE", "TEXT"], action = clap::ArgAction::Append)]
     pub shot: Vec<String>,
+    #[arg(long, value_enum, default_value_t = TaskArg::Caption)]
+    pub task: TaskArg,
+    /// The question about the query image (VQA).
+    #[arg(long, default_value = "")]
+    pub question: String,
+    /// Prompt style: mmpretrain (default) or open_flamingo.
+    #[arg(long, default_value = "mmpretrain")]
+    pub preset: String,
+    #[arg(long)]
+    pub shot_template: Option<String>,
+    #[arg(long)]
+    pub final_template: Option<String>,
+    #[arg(long)]
+    pub zeroshot_template: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub max_new_tokens: usize,
-    #[arg(long, default_value = DEFAULT_SHOT_TEMPLATE)]
-    pub shot_template: String,
-    #[arg(long, default_value = DEFAULT_FINAL_TEMPLATE)]
-    pub final_template: String,
-    #[arg(long, default_value = DEFAULT_ZEROSHOT_TEMPLATE)]
-    pub zeroshot_template: String,
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    #[arg(long)]
+    pub do_sample: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
     /// Write every generation step's logits as an f32 .npy of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     pub logits_out: Option<PathBuf>,
-    /// Compute threads (default: all cores but one on small machines).
+    /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskArg {
+    Caption,
+    Vqa,
+}
+
+impl CaptionArgs {
+    fn task(&self) -> Task {
+        match self.task {
+            TaskArg::Caption => Task::Caption,
+            TaskArg::Vqa => Task::Vqa,
+        }
+    }
+
+    fn templates(&self) -> anyhow::Result<Templates> {
+        let mut t = preset(&self.preset, self.task()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown preset `{}` (known: {})",
+                self.preset,
+                PRESETS.join(", ")
+            )
+        })?;
+        if let Some(x) = &self.shot_template {
+            t.shot = x.clone();
+        }
+        if let Some(x) = &self.final_template {
+            t.final_ = x.clone();
+        }
+        if let Some(x) = &self.zeroshot_template {
+            t.zeroshot = x.clone();
+        }
+        Ok(t)
+    }
+
+    fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            do_sample: self.do_sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            seed: self.seed,
+        }
+    }
+
+    fn shots(&self) -> anyhow::Result<Vec<Shot>> {
+        let task = self.task();
+        self.shot
+            .chunks(2)
+            .map(|c| {
+                let text = c.get(1).cloned().unwrap_or_default();
+                let text = match task {
+                    Task::Caption => ShotText {
+                        caption: text,
+                        ..Default::default()
+                    },
+                    Task::Vqa => {
+                        let (q, a) = text.split_once("=>").ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "a VQA example's text is QUESTION=>ANSWER, got `{text}`"
+                            )
+                        })?;
+                        ShotText {
+                            question: q.trim().to_string(),
+                            answer: a.trim().to_string(),
+                            ..Default::default()
+                        }
+                    }
+                };
+                Ok(Shot {
+                    image: ImageInput::Path(PathBuf::from(&c[0])),
+                    text,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Threads for candle's CPU kernels unless the user chose (RAYON_NUM_THREADS or --threads).
@@ -91,7 +195,7 @@ pub fn configure_threads(requested: Option<usize>) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Caption(a)) => caption(a),
+        Some(Command::Caption(a)) => caption(*a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
@@ -111,28 +215,16 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
 
 fn caption(a: CaptionArgs) -> anyhow::Result<()> {
     configure_threads(a.threads);
-    let shots = a
-        .shot
-        .chunks(2)
-        .map(|c| Shot {
-            image: ImageInput::Path(PathBuf::from(&c[0])),
-            text: ShotText {
-                caption: c.get(1).cloned().unwrap_or_default(),
-                ..Default::default()
-            },
-        })
-        .collect();
+    if a.task == TaskArg::Vqa && a.question.trim().is_empty() {
+        anyhow::bail!("--task vqa needs --question");
+    }
     let req = CaptionRequest {
-        task: Task::Caption,
-        shots,
+        task: a.task(),
+        shots: a.shots()?,
         query: ImageInput::Path(a.query.clone()),
-        question: String::new(),
-        templates: Templates {
-            shot: a.shot_template,
-            final_: a.final_template,
-            zeroshot: a.zeroshot_template,
-        },
-        max_new_tokens: a.max_new_tokens,
+        question: a.question.clone(),
+        templates: a.templates()?,
+        generation: a.generation(),
         keep_logits: a.logits_out.is_some(),
     };
     let (device, _) = crate::engine::pick_device();

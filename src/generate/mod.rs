@@ -1,5 +1,8 @@
-//! Decoding: greedy with a KV cache, stopping at `<|endofchunk|>` or `max_new_tokens`,
-//! streaming each token as it is chosen and checking a cancel flag every step.
+//! Decoding with a KV cache (greedy or sampling, with transformers' logits processors),
+//! stopping at `<|endofchunk|>` or `max_new_tokens`, streaming each token as it is chosen and
+//! checking a cancel flag every step.
+
+pub mod logits;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -9,9 +12,11 @@ use candle_core::{Tensor, D};
 use crate::error::{Error, Result};
 use crate::model::Flamingo;
 
+pub use logits::GenerationConfig;
+
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
-    pub max_new_tokens: usize,
+    pub config: GenerationConfig,
     /// Generation stops after this token (it is included in the output ids).
     pub eos_id: u32,
     /// Tokens never chosen (e.g. `<image>`: a generated image marker has no image).
@@ -41,21 +46,9 @@ fn last_row(logits: &Tensor) -> Result<Tensor> {
     Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?)
 }
 
-fn argmax_suppressed(row: &[f32], suppress: &[u32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in row.iter().enumerate() {
-        if v > best_v && !suppress.contains(&(i as u32)) {
-            best = i;
-            best_v = v;
-        }
-    }
-    best as u32
-}
-
-/// Greedy decoding of one prompt. `pixels` [T_img, 3, S, S] are the prompt's images in order.
+/// Decoding of one prompt (greedy, or sampling when `config.do_sample`). `pixels` [T_img, 3, S, S] are the prompt's images in order.
 /// `on_token` sees each chosen id as soon as it is known.
-pub fn greedy(
+pub fn generate(
     model: &Flamingo,
     pixels: Option<&Tensor>,
     prompt_ids: &[u32],
@@ -77,7 +70,9 @@ pub fn greedy(
             "the prompt has {n_markers} <image> markers but {n_images} images were given"
         )));
     }
-    let needed = prompt_ids.len() + opts.max_new_tokens;
+    let cfg = &opts.config;
+    cfg.validate().map_err(Error::Prompt)?;
+    let needed = prompt_ids.len() + cfg.max_new_tokens;
     if needed > model.max_seq_len() {
         return Err(Error::ContextTooLong {
             needed,
@@ -93,12 +88,15 @@ pub fn greedy(
     let mut row = last_row(&logits)?;
     out.timings.prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    for step in 0..opts.max_new_tokens {
+    let mut rng = logits::Rng::new(cfg.seed);
+    let mut seq = prompt_ids.to_vec();
+    for step in 0..cfg.max_new_tokens {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
         let v: Vec<f32> = row.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        let next = argmax_suppressed(&v, &opts.suppress);
+        let next = logits::choose(&v, &seq, step, cfg, opts.eos_id, &opts.suppress, &mut rng);
+        seq.push(next);
         if opts.keep_logits {
             out.step_logits.push(v);
         }
@@ -108,7 +106,7 @@ pub fn greedy(
             out.stopped_by_eos = true;
             break;
         }
-        if step + 1 == opts.max_new_tokens {
+        if step + 1 == cfg.max_new_tokens {
             break;
         }
         let logits = session.forward(&[vec![next]])?;
@@ -121,7 +119,11 @@ pub fn greedy(
 
 /// Latents [1, T_img, L, D] of a prompt's images, encoded one by one so that a cancel is seen
 /// between images.
-pub fn encode_media(model: &Flamingo, pixels: Option<&Tensor>, cancel: &AtomicBool) -> Result<Tensor> {
+pub fn encode_media(
+    model: &Flamingo,
+    pixels: Option<&Tensor>,
+    cancel: &AtomicBool,
+) -> Result<Tensor> {
     let n = pixels.map(|p| p.dim(0)).transpose()?.unwrap_or(0);
     let Some(p) = pixels.filter(|_| n > 0) else {
         let w = model.vision_config().width;

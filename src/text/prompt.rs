@@ -111,6 +111,27 @@ impl Templates {
     }
 }
 
+/// Named prompt styles (SPEC §9): `mmpretrain` (the seed's configs, the default) and
+/// `open_flamingo` (its v2 evaluation: a newline after each example, "Short answer").
+pub const PRESETS: &[&str] = &["mmpretrain", "open_flamingo"];
+
+pub fn preset(name: &str, task: Task) -> Option<Templates> {
+    match (name, task) {
+        ("mmpretrain", t) => Some(Templates::for_task(t)),
+        ("open_flamingo", Task::Caption) => Some(Templates {
+            shot: "<image>Output:{caption}<|endofchunk|>\n".into(),
+            final_: "<image>Output:".into(),
+            zeroshot: "<image>Output:".into(),
+        }),
+        ("open_flamingo", Task::Vqa) => Some(Templates {
+            shot: "<image>Question:{question} Short answer:{answer}<|endofchunk|>\n".into(),
+            final_: "<image>Question:{question} Short answer:".into(),
+            zeroshot: "<image>Question:{question} Short answer:".into(),
+        }),
+        _ => None,
+    }
+}
+
 /// One example's text: a caption, or a question and its answer.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShotText {
