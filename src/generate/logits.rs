@@ -39,8 +39,7 @@ impl Default for GenerationConfig {
 
 impl GenerationConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.do_sample && self.temperature.is_nan() || self.do_sample && self.temperature <= 0.0
-        {
+        if self.do_sample && (self.temperature.is_nan() || self.temperature <= 0.0) {
             return Err("temperature must be > 0 when sampling".into());
         }
         if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
