@@ -9,6 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::generate::score::{score_candidates, CandidateScore};
 use crate::generate::{generate, GenerateOptions, Generated, GenerationConfig};
 use crate::hub::{self, registry};
 use crate::model::{preprocess, Flamingo};
@@ -134,6 +135,45 @@ impl Captioner {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&ts, 0)?)
+    }
+
+    /// Ranks candidate texts by log p(candidate | prompt), best first.
+    pub fn score(
+        &self,
+        req: &CaptionRequest,
+        candidates: &[String],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<(String, CandidateScore)>> {
+        let (prompt_ids, pixels) = self.prompt_and_pixels(req)?.1;
+        let ids = candidates
+            .iter()
+            .map(|c| self.tokenizer.encode_plain(c))
+            .collect::<Result<Vec<_>>>()?;
+        let scores = score_candidates(&self.model, Some(&pixels), &prompt_ids, &ids, cancel)?;
+        let mut ranked: Vec<(String, CandidateScore)> =
+            candidates.iter().cloned().zip(scores).collect();
+        ranked.sort_by(|a, b| b.1.logprob.total_cmp(&a.1.logprob));
+        Ok(ranked)
+    }
+
+    /// The prompt text, its ids and the pixels of its images (examples, then the query).
+    fn prompt_and_pixels(&self, req: &CaptionRequest) -> Result<(String, (Vec<u32>, Tensor))> {
+        let prompt = req.prompt()?;
+        let prompt_ids = self.tokenizer.encode(&prompt)?;
+        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
+        images.push(&req.query);
+        let markers = prompt_ids
+            .iter()
+            .filter(|&&t| t == self.tokenizer.media_id)
+            .count();
+        if markers != images.len() {
+            return Err(Error::Prompt(format!(
+                "the prompt has {markers} <image> markers for {} images; each shot template and the final (or zero-shot) template must hold one <image>",
+                images.len()
+            )));
+        }
+        let pixels = self.pixels(&images)?;
+        Ok((prompt, (prompt_ids, pixels)))
     }
 
     pub fn caption(

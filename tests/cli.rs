@@ -282,3 +282,40 @@ fn vqa_prompt_from_the_command_line() {
         "<image>Output:A cat.<|endofchunk|>\n<image>Output:"
     );
 }
+
+#[test]
+fn score_ranks_candidates() {
+    let info = reference_json("every1_score.json");
+    let mut args: Vec<String> = vec!["score".into(), "--json".into()];
+    for s in info["shots"].as_array().unwrap() {
+        args.push("--shot".into());
+        args.push(img(s["image"].as_str().unwrap()));
+        args.push(s["caption"].as_str().unwrap().into());
+    }
+    args.push(img(info["query"].as_str().unwrap()));
+    for c in info["candidates"].as_array().unwrap() {
+        args.push("--candidate".into());
+        args.push(c["candidate"].as_str().unwrap().into());
+    }
+    let v = run_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ranked = v["ranked"].as_array().unwrap();
+    assert_eq!(ranked.len(), 4);
+    let lps: Vec<f64> = ranked
+        .iter()
+        .map(|r| r["logprob"].as_f64().unwrap())
+        .collect();
+    assert!(lps.windows(2).all(|w| w[0] >= w[1]), "best first: {lps:?}");
+    // The best one is the reference's best.
+    let best = info["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            let s = |c: &serde_json::Value| {
+                -c["loss"].as_f64().unwrap() * c["n_tokens"].as_f64().unwrap()
+            };
+            s(a).total_cmp(&s(b))
+        })
+        .unwrap();
+    assert_eq!(ranked[0]["candidate"], best["candidate"]);
+}

@@ -157,3 +157,65 @@ fn special_token_ids_match_open_flamingo() {
     assert_eq!(l.tok.vocab_size(), 50280);
     assert_eq!(l.model.vocab_size(), 50280);
 }
+
+fn check_scores(l: &Loaded, tag: &str) {
+    let info = reference_json(&format!("{tag}.json"));
+    let captions: Vec<&str> = info["shots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["caption"].as_str().unwrap())
+        .collect();
+    let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
+    assert_eq!(prompt, info["prompt"].as_str().unwrap());
+    let prompt_ids = l.tok.encode(&prompt).unwrap();
+    let cands = info["candidates"].as_array().unwrap();
+    let ids_of: Vec<Vec<u32>> = cands
+        .iter()
+        .map(|c| {
+            l.tok
+                .encode_plain(c["candidate"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    for (c, got) in cands.iter().zip(&ids_of) {
+        assert_eq!(got, &ids(&c["candidate_token_ids"]), "{tag}: candidate ids");
+    }
+    let pixels = case_pixels(&info);
+    let scores = flamingo::generate::score::score_candidates(
+        &l.model,
+        Some(&pixels),
+        &prompt_ids,
+        &ids_of,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    for (c, s) in cands.iter().zip(&scores) {
+        // The reference's loss is the mean cross-entropy over the candidate's tokens.
+        let want = -c["loss"].as_f64().unwrap() * c["n_tokens"].as_f64().unwrap();
+        let err = (s.logprob as f64 - want).abs() / want.abs().max(1.0);
+        eprintln!(
+            "{tag}: {:?} {} vs {want} (rel {err:e})",
+            c["candidate"], s.logprob
+        );
+        assert!(err < 1e-4, "{tag}: score {} vs reference {want}", s.logprob);
+        let per: Vec<f64> = c["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        for (a, b) in s.token_logprobs.iter().zip(&per) {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{tag}: token logprob {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn candidate_scores_equal_the_reference_loss() {
+    check_scores(&load("hf"), "every1_score");
+    check_scores(&load("hf-xattn2"), "every2_score");
+}

@@ -32,6 +32,8 @@ pub enum Command {
     App(AppArgs),
     /// Caption QUERY_IMAGE, optionally after example images with their captions.
     Caption(Box<CaptionArgs>),
+    /// Rank candidate texts by their log-likelihood after the prompt.
+    Score(Box<ScoreArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
 }
@@ -49,8 +51,9 @@ pub struct AppArgs {
     pub no_autoload: bool,
 }
 
+/// What makes the prompt: the model, the examples, the query, the task and the templates.
 #[derive(clap::Args, Debug)]
-pub struct CaptionArgs {
+pub struct PromptArgs {
     /// The query image.
     #[arg(value_name = "QUERY_IMAGE")]
     pub query: PathBuf,
@@ -75,6 +78,15 @@ pub struct CaptionArgs {
     pub final_template: Option<String>,
     #[arg(long)]
     pub zeroshot_template: Option<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     #[arg(long, default_value_t = 20)]
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 0)]
@@ -99,9 +111,18 @@ pub struct CaptionArgs {
     /// Write every generation step's logits as an f32 .npy of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     pub logits_out: Option<PathBuf>,
-    /// Compute threads (default: all cores).
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// A text to score after the prompt (repeat for several).
+    #[arg(long, required = true)]
+    pub candidate: Vec<String>,
+    /// Print JSON instead of a table.
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +131,7 @@ pub enum TaskArg {
     Vqa,
 }
 
-impl CaptionArgs {
+impl PromptArgs {
     fn task(&self) -> Task {
         match self.task {
             TaskArg::Caption => Task::Caption,
@@ -136,20 +157,6 @@ impl CaptionArgs {
             t.zeroshot = x.clone();
         }
         Ok(t)
-    }
-
-    fn generation(&self) -> GenerationConfig {
-        GenerationConfig {
-            max_new_tokens: self.max_new_tokens,
-            min_new_tokens: self.min_new_tokens,
-            do_sample: self.do_sample,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repetition_penalty: self.repetition_penalty,
-            no_repeat_ngram_size: self.no_repeat_ngram_size,
-            seed: self.seed,
-        }
     }
 
     fn shots(&self) -> anyhow::Result<Vec<Shot>> {
@@ -185,6 +192,22 @@ impl CaptionArgs {
     }
 }
 
+impl CaptionArgs {
+    fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            do_sample: self.do_sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            seed: self.seed,
+        }
+    }
+}
+
 /// Threads for candle's CPU kernels unless the user chose (RAYON_NUM_THREADS or --threads).
 pub fn configure_threads(requested: Option<usize>) {
     if let Some(n) = requested {
@@ -196,6 +219,7 @@ pub fn configure_threads(requested: Option<usize>) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Caption(a)) => caption(*a),
+        Some(Command::Score(a)) => score(*a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
@@ -213,22 +237,53 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
 }
 
-fn caption(a: CaptionArgs) -> anyhow::Result<()> {
-    configure_threads(a.threads);
-    if a.task == TaskArg::Vqa && a.question.trim().is_empty() {
-        anyhow::bail!("--task vqa needs --question");
+impl PromptArgs {
+    /// The request (with default decoding) and a loaded model.
+    fn load(&self) -> anyhow::Result<(CaptionRequest, Captioner)> {
+        configure_threads(self.threads);
+        if self.task == TaskArg::Vqa && self.question.trim().is_empty() {
+            anyhow::bail!("--task vqa needs --question");
+        }
+        let req = CaptionRequest {
+            task: self.task(),
+            shots: self.shots()?,
+            query: ImageInput::Path(self.query.clone()),
+            question: self.question.clone(),
+            templates: self.templates()?,
+            generation: GenerationConfig::default(),
+            keep_logits: false,
+        };
+        let (device, _) = crate::engine::pick_device();
+        Ok((req, Captioner::load(&self.model, &device)?))
     }
-    let req = CaptionRequest {
-        task: a.task(),
-        shots: a.shots()?,
-        query: ImageInput::Path(a.query.clone()),
-        question: a.question.clone(),
-        templates: a.templates()?,
-        generation: a.generation(),
-        keep_logits: a.logits_out.is_some(),
-    };
-    let (device, _) = crate::engine::pick_device();
-    let captioner = Captioner::load(&a.model, &device)?;
+}
+
+fn score(a: ScoreArgs) -> anyhow::Result<()> {
+    let (req, captioner) = a.prompt.load()?;
+    let ranked = captioner.score(&req, &a.candidate, &AtomicBool::new(false))?;
+    if a.json {
+        let rows: Vec<_> = ranked
+            .iter()
+            .map(|(text, s)| serde_json::json!({"candidate": text, "logprob": s.logprob, "token_logprobs": s.token_logprobs}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"prompt": req.prompt()?, "ranked": rows})
+            )?
+        );
+    } else {
+        for (i, (text, s)) in ranked.iter().enumerate() {
+            println!("{:>2}. {:>10.4}  {}", i + 1, s.logprob, text);
+        }
+    }
+    Ok(())
+}
+
+fn caption(a: CaptionArgs) -> anyhow::Result<()> {
+    let (mut req, captioner) = a.prompt.load()?;
+    req.generation = a.generation();
+    req.keep_logits = a.logits_out.is_some();
     let cancel = AtomicBool::new(false);
     let json = a.json;
     let mut stdout = std::io::stdout();

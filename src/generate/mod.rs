@@ -3,6 +3,7 @@
 //! checking a cancel flag every step.
 
 pub mod logits;
+pub mod score;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;

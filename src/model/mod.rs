@@ -101,6 +101,7 @@ impl Flamingo {
 }
 
 /// The state of one prompt being decoded: media keys/values, KV caches, image counts.
+#[derive(Clone)]
 pub struct Session<'a> {
     model: &'a Flamingo,
     media_kv: Vec<Option<MediaKv>>,

@@ -66,6 +66,7 @@ impl MediaMask {
 }
 
 /// Keys and values of the media for one block, computed once per prompt.
+#[derive(Clone)]
 pub struct MediaKv {
     k: Tensor,
     v: Tensor,

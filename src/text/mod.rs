@@ -77,6 +77,16 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Ids of a text without any special token the tokenizer would add (a BOS, say): for text
+    /// appended to a prompt.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Decodes without special tokens, as the reference's `batch_decode(skip_special_tokens=True)`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tok

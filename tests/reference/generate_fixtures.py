@@ -78,6 +78,7 @@ LM_CFG = {
 SHOTS = [("chelsea.png", "A cat lying on a rug."), ("coffee.png", "A cup of coffee on a table.")]
 QUERY = "astronaut.png"
 MAX_NEW_TOKENS = 6
+CANDIDATES = ["A cat lying on a rug.", "An astronaut in an orange suit.", "Output", " two  spaces"]
 
 
 def sha256(path):
@@ -162,6 +163,7 @@ def build_lm_folder(work, code_dir, seed):
     # save_pretrained rewrites config.json; keep the auto_map so the folder loads again.
     saved = json.loads((lm_dir / "config.json").read_text())
     saved["auto_map"] = LM_CFG["auto_map"]
+    saved["_name_or_path"] = LM_REPO  # not the temporary folder: keeps reruns byte-identical
     (lm_dir / "config.json").write_text(json.dumps(saved, indent=2))
     return lm_dir
 
@@ -365,6 +367,29 @@ def main():
             (ref / f"{tag}.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
             summary["cases"].append(info)
             print(tag, ids.shape[1], "prompt tokens ->", new_ids, "min margin %.4f" % min(margins))
+
+        # Scoring: log-likelihood of candidates after the 2-shot prompt, through the reference's own
+        # loss (labels -100 on the prompt, mean cross-entropy over the candidate's tokens).
+        prompt = "".join(f"<image>Output:{c}<|endofchunk|>" for _, c in SHOTS) + "<image>Output:"
+        names = [n for n, _ in SHOTS] + [QUERY]
+        vision_x = torch.stack([pix[n] for n in names]).unsqueeze(0).unsqueeze(2)
+        p_ids = tokenizer([prompt], return_tensors="pt")["input_ids"]
+        scores = []
+        for cand in CANDIDATES:
+            c_ids = torch.tensor([tokenizer(cand, add_special_tokens=False)["input_ids"]])
+            ids = torch.cat([p_ids, c_ids], 1)
+            labels = ids.clone()
+            labels[:, : p_ids.shape[1]] = -100
+            with torch.no_grad():
+                out = model(vision_x, ids, attention_mask=torch.ones_like(ids), labels=labels)
+            lp = torch.log_softmax(out.logits[0, p_ids.shape[1] - 1 : -1], -1)
+            tok_lp = lp.gather(1, c_ids[0].unsqueeze(1))[:, 0]
+            scores.append({"candidate": cand, "candidate_token_ids": c_ids[0].tolist(),
+                           "loss": out.loss.item(), "n_tokens": c_ids.shape[1],
+                           "token_logprobs": tok_lp.tolist()})
+        (ref / f"every{every}_score.json").write_text(json.dumps(
+            {"prompt": prompt, "images": names, "shots": [{"image": n, "caption": c} for n, c in SHOTS],
+             "query": QUERY, "candidates": scores}, indent=2, ensure_ascii=False))
 
     summary["versions"] = {
         "torch": torch.__version__, "numpy": np.__version__,

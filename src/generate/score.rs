@@ -1,0 +1,75 @@
+//! Scoring (the seed's `forward(mode='loss')` as a user feature): the log-likelihood of given
+//! texts after a prompt, to rank candidate captions or answers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::Flamingo;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CandidateScore {
+    /// log p(token | prompt, earlier candidate tokens), per candidate token.
+    pub token_logprobs: Vec<f32>,
+    /// Their sum.
+    pub logprob: f32,
+}
+
+fn logprobs_of(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    // logits [1, T, V]; targets[t] is the token that follows position t.
+    let lp = candle_nn::ops::log_softmax(&logits.squeeze(0)?, D::Minus1)?;
+    let rows: Vec<Vec<f32>> = lp.to_vec2()?;
+    Ok(rows
+        .iter()
+        .zip(targets)
+        .map(|(r, &t)| r[t as usize])
+        .collect())
+}
+
+/// Scores each candidate (token ids) appended to the prompt. The prompt and its images are run
+/// once; each candidate continues from a copy of that state.
+pub fn score_candidates(
+    model: &Flamingo,
+    pixels: Option<&Tensor>,
+    prompt_ids: &[u32],
+    candidates: &[Vec<u32>],
+    cancel: &AtomicBool,
+) -> Result<Vec<CandidateScore>> {
+    if prompt_ids.is_empty() {
+        return Err(Error::Prompt("the prompt is empty".into()));
+    }
+    let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
+    if prompt_ids.len() + longest > model.max_seq_len() {
+        return Err(Error::ContextTooLong {
+            needed: prompt_ids.len() + longest,
+            limit: model.max_seq_len(),
+        });
+    }
+    let media = super::encode_media(model, pixels, cancel)?;
+    let mut session = model.session(&media)?;
+    let logits = session.forward(&[prompt_ids.to_vec()])?;
+    let t = logits.dim(1)?;
+    let last = logits.narrow(1, t - 1, 1)?;
+    candidates
+        .iter()
+        .map(|cand| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            if cand.is_empty() {
+                return Err(Error::Prompt("an empty candidate cannot be scored".into()));
+            }
+            let mut lps = logprobs_of(&last, &cand[..1])?;
+            if cand.len() > 1 {
+                let mut s = session.clone();
+                let l = s.forward(&[cand[..cand.len() - 1].to_vec()])?;
+                lps.extend(logprobs_of(&l, &cand[1..])?);
+            }
+            Ok(CandidateScore {
+                logprob: lps.iter().sum(),
+                token_logprobs: lps,
+            })
+        })
+        .collect()
+}
