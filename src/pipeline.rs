@@ -9,6 +9,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::generate::beam::{beam_search, BeamConfig};
 use crate::generate::score::{score_candidates, CandidateScore};
 use crate::generate::{generate, GenerateOptions, Generated, GenerationConfig};
 use crate::hub::{self, registry};
@@ -67,6 +68,16 @@ pub struct CaptionResult {
     /// After the task's post-processing.
     pub text: String,
     pub generated: Generated,
+    /// With beam search: every returned hypothesis, best first (the first is `generated`).
+    pub beams: Vec<BeamHypothesis>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BeamHypothesis {
+    pub token_ids: Vec<u32>,
+    pub raw_text: String,
+    pub text: String,
+    pub sequence_score: f64,
 }
 
 impl CaptionRequest {
@@ -156,6 +167,62 @@ impl Captioner {
         Ok(ranked)
     }
 
+    fn beam(
+        &self,
+        req: &CaptionRequest,
+        prompt_ids: &[u32],
+        pixels: &Tensor,
+        cancel: &AtomicBool,
+    ) -> Result<(Generated, Vec<BeamHypothesis>)> {
+        let g = &req.generation;
+        g.validate().map_err(Error::Prompt)?;
+        let cfg = BeamConfig {
+            num_beams: g.num_beams,
+            length_penalty: g.length_penalty,
+            early_stopping: g.early_stopping,
+            num_return_sequences: g.num_return_sequences,
+            max_new_tokens: g.max_new_tokens,
+            min_new_tokens: g.min_new_tokens,
+        };
+        let t0 = Instant::now();
+        let results = beam_search(
+            &self.model,
+            Some(pixels),
+            prompt_ids,
+            &cfg,
+            self.tokenizer.eoc_id,
+            &[self.tokenizer.media_id],
+            cancel,
+        )?;
+        let beams = results
+            .iter()
+            .map(|r| {
+                let raw_text = self.tokenizer.decode(&r.tokens)?;
+                Ok(BeamHypothesis {
+                    token_ids: r.tokens.clone(),
+                    text: post_process(req.task, &raw_text),
+                    raw_text,
+                    sequence_score: r.sequence_score,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let best = results
+            .first()
+            .map(|r| r.tokens.clone())
+            .unwrap_or_default();
+        let generated = Generated {
+            stopped_by_eos: best.last() == Some(&self.tokenizer.eoc_id),
+            timings: crate::generate::Timings {
+                decode_s: t0.elapsed().as_secs_f64(),
+                decode_tokens: best.len(),
+                ..Default::default()
+            },
+            tokens: best,
+            step_logits: Vec::new(),
+        };
+        Ok((generated, beams))
+    }
+
     /// The prompt text, its ids and the pixels of its images (examples, then the query).
     fn prompt_and_pixels(&self, req: &CaptionRequest) -> Result<(String, (Vec<u32>, Tensor))> {
         let prompt = req.prompt()?;
@@ -203,22 +270,31 @@ impl Captioner {
             suppress: vec![self.tokenizer.media_id],
             keep_logits: req.keep_logits,
         };
-        let mut stream = self.tokenizer.stream();
-        let mut stream_err = None;
-        let generated = generate(
-            &self.model,
-            Some(&pixels),
-            &prompt_ids,
-            &opts,
-            cancel,
-            |id| match stream.push(id) {
-                Ok(Some(chunk)) => on_text(&chunk),
-                Ok(None) => {}
-                Err(e) => stream_err = Some(e),
-            },
-        )?;
-        if let Some(e) = stream_err {
-            return Err(e);
+        let (generated, beams) = if req.generation.num_beams > 1 {
+            self.beam(req, &prompt_ids, &pixels, cancel)?
+        } else {
+            let mut stream = self.tokenizer.stream();
+            let mut stream_err = None;
+            let generated = generate(
+                &self.model,
+                Some(&pixels),
+                &prompt_ids,
+                &opts,
+                cancel,
+                |id| match stream.push(id) {
+                    Ok(Some(chunk)) => on_text(&chunk),
+                    Ok(None) => {}
+                    Err(e) => stream_err = Some(e),
+                },
+            )?;
+            if let Some(e) = stream_err {
+                return Err(e);
+            }
+            (generated, Vec::new())
+        };
+        if !beams.is_empty() {
+            // Beam search knows its best hypothesis only at the end.
+            on_text(&beams[0].raw_text);
         }
         let raw_text = self.tokenizer.decode(&generated.tokens)?;
         Ok(CaptionResult {
@@ -227,6 +303,7 @@ impl Captioner {
             text: post_process(req.task, &raw_text),
             raw_text,
             generated,
+            beams,
         })
     }
 }

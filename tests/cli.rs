@@ -319,3 +319,37 @@ fn score_ranks_candidates() {
         .unwrap();
     assert_eq!(ranked[0]["candidate"], best["candidate"]);
 }
+
+#[test]
+fn beam_search_from_the_command_line_matches_transformers() {
+    let cases = reference_json("every1_beams.json");
+    let c = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == "twoshot" && c["length_penalty"] == -2.0)
+        .unwrap();
+    let mut args: Vec<String> = vec!["caption".into(), "--json".into()];
+    for s in c["shots"].as_array().unwrap() {
+        args.push("--shot".into());
+        args.push(img(s["image"].as_str().unwrap()));
+        args.push(s["caption"].as_str().unwrap().into());
+    }
+    args.extend(
+        [
+            "--num-beams",
+            "3",
+            "--length-penalty",
+            "-2.0",
+            "--max-new-tokens",
+            "6",
+        ]
+        .map(String::from),
+    );
+    args.push(img("astronaut.png"));
+    let v = run_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(v["token_ids"], c["sequences"][0]);
+    let got = v["sequence_score"].as_f64().unwrap();
+    let want = c["sequence_scores"][0].as_f64().unwrap();
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+}

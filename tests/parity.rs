@@ -219,3 +219,59 @@ fn candidate_scores_equal_the_reference_loss() {
     check_scores(&load("hf"), "every1_score");
     check_scores(&load("hf-xattn2"), "every2_score");
 }
+
+fn check_beams(l: &Loaded, file: &str) {
+    use flamingo::generate::beam::{beam_search, BeamConfig, EarlyStopping};
+    let cases = reference_json(file);
+    for c in cases.as_array().unwrap() {
+        let captions: Vec<&str> = c["shots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["caption"].as_str().unwrap())
+            .collect();
+        let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
+        assert_eq!(prompt, c["prompt"].as_str().unwrap());
+        let early = match &c["early_stopping"] {
+            serde_json::Value::Bool(true) => EarlyStopping::True,
+            serde_json::Value::Bool(false) => EarlyStopping::False,
+            _ => EarlyStopping::Never,
+        };
+        let cfg = BeamConfig {
+            num_beams: c["num_beams"].as_u64().unwrap() as usize,
+            length_penalty: c["length_penalty"].as_f64().unwrap(),
+            early_stopping: early,
+            num_return_sequences: c["num_return_sequences"].as_u64().unwrap() as usize,
+            max_new_tokens: c["max_new_tokens"].as_u64().unwrap() as usize,
+            min_new_tokens: 0,
+        };
+        let out = beam_search(
+            &l.model,
+            Some(&case_pixels(c)),
+            &l.tok.encode(&prompt).unwrap(),
+            &cfg,
+            l.tok.eoc_id,
+            &[],
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let what = format!(
+            "{file} {} lp={} early={early:?}",
+            c["case"], cfg.length_penalty
+        );
+        let want_seqs: Vec<Vec<u32>> = c["sequences"].as_array().unwrap().iter().map(ids).collect();
+        let got_seqs: Vec<Vec<u32>> = out.iter().map(|r| r.tokens.clone()).collect();
+        assert_eq!(got_seqs, want_seqs, "{what}: sequences");
+        for (r, w) in out.iter().zip(c["sequence_scores"].as_array().unwrap()) {
+            let w = w.as_f64().unwrap();
+            let err = (r.sequence_score - w).abs() / w.abs().max(1.0);
+            assert!(err < 1e-4, "{what}: score {} vs {w}", r.sequence_score);
+        }
+    }
+}
+
+#[test]
+fn beam_search_matches_transformers() {
+    check_beams(&load("hf"), "every1_beams.json");
+    check_beams(&load("hf-xattn2"), "every2_beams.json");
+}

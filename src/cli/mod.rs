@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use clap::{Parser, Subcommand};
 
 use crate::error::Result;
+use crate::generate::beam::EarlyStopping;
 use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
@@ -105,6 +106,17 @@ pub struct CaptionArgs {
     pub repetition_penalty: f64,
     #[arg(long, default_value_t = 0)]
     pub no_repeat_ngram_size: usize,
+    /// Beam search with this many beams (1 = greedy or sampling).
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Beam scores are divided by length^length_penalty (length includes the prompt).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub length_penalty: f64,
+    /// true, false or never (transformers' meanings).
+    #[arg(long, default_value = "false", value_parser = ["true", "false", "never"])]
+    pub early_stopping: String,
+    #[arg(long, default_value_t = 1)]
+    pub num_return_sequences: usize,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +216,14 @@ impl CaptionArgs {
             repetition_penalty: self.repetition_penalty,
             no_repeat_ngram_size: self.no_repeat_ngram_size,
             seed: self.seed,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: match self.early_stopping.to_ascii_lowercase().as_str() {
+                "true" => EarlyStopping::True,
+                "never" => EarlyStopping::Never,
+                _ => EarlyStopping::False,
+            },
+            num_return_sequences: self.num_return_sequences,
         }
     }
 }
@@ -306,6 +326,8 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
             "prompt": res.prompt,
             "prompt_token_ids": res.prompt_ids,
             "stopped_by_eos": res.generated.stopped_by_eos,
+            "sequence_score": res.beams.first().map(|b| b.sequence_score),
+            "beams": res.beams,
             "timings": {
                 "load_s": captioner.load_s,
                 "encode_s": t.encode_s,

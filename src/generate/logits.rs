@@ -19,6 +19,11 @@ pub struct GenerationConfig {
     /// 0 disables.
     pub no_repeat_ngram_size: usize,
     pub seed: u64,
+    /// 1 = no beam search.
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    pub early_stopping: super::beam::EarlyStopping,
+    pub num_return_sequences: usize,
 }
 
 impl Default for GenerationConfig {
@@ -33,6 +38,10 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             seed: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: super::beam::EarlyStopping::False,
+            num_return_sequences: 1,
         }
     }
 }
@@ -47,6 +56,21 @@ impl GenerationConfig {
         }
         if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err("repetition_penalty must be > 0".into());
+        }
+        if self.num_beams == 0 {
+            return Err("num_beams must be at least 1".into());
+        }
+        if self.num_beams > 1 && self.do_sample {
+            return Err(
+                "beam sampling is not supported: use either num_beams > 1 or do_sample".into(),
+            );
+        }
+        if self.num_beams > 1 && (self.repetition_penalty != 1.0 || self.no_repeat_ngram_size != 0)
+        {
+            return Err("repetition_penalty and no_repeat_ngram_size are not supported with beam search yet".into());
+        }
+        if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams.max(1) {
+            return Err("num_return_sequences must be between 1 and num_beams".into());
         }
         if self.min_new_tokens > self.max_new_tokens {
             return Err("min_new_tokens is larger than max_new_tokens".into());

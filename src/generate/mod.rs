@@ -2,6 +2,7 @@
 //! stopping at `<|endofchunk|>` or `max_new_tokens`, streaming each token as it is chosen and
 //! checking a cancel flag every step.
 
+pub mod beam;
 pub mod logits;
 pub mod score;
 

@@ -193,6 +193,27 @@ impl Session<'_> {
         m.lm.logits(&x)
     }
 
+    /// Keeps (and repeats) batch rows: row i of the result is row `rows[i]` now. Used to expand
+    /// a prompt to several beams and to reorder beams.
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let dev = &self.model.device;
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            dev,
+        )?;
+        for c in &mut self.caches {
+            c.select_rows(&idx)?;
+        }
+        for kv in self.media_kv.iter_mut().flatten() {
+            kv.select_rows(&idx)?;
+        }
+        self.images_seen = rows.iter().map(|&r| self.images_seen[r]).collect();
+        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
+        self.batch = rows.len();
+        Ok(())
+    }
+
     /// [`Self::forward_padded`] without padding.
     pub fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
         self.forward_padded(ids, None)

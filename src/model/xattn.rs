@@ -72,6 +72,14 @@ pub struct MediaKv {
     v: Tensor,
 }
 
+impl MediaKv {
+    pub(crate) fn select_rows(&mut self, idx: &Tensor) -> Result<()> {
+        self.k = self.k.index_select(idx, 0)?;
+        self.v = self.v.index_select(idx, 0)?;
+        Ok(())
+    }
+}
+
 pub struct GatedCrossAttention {
     attn_gate: Tensor,
     ff_gate: Tensor,

@@ -368,6 +368,29 @@ def main():
             summary["cases"].append(info)
             print(tag, ids.shape[1], "prompt tokens ->", new_ids, "min margin %.4f" % min(margins))
 
+        # Beam search (transformers 4.33 semantics through Flamingo.generate).
+        beams = []
+        for case, shots in [("zeroshot", []), ("twoshot", SHOTS)]:
+            prompt = ("".join(f"<image>Output:{c}<|endofchunk|>" for _, c in shots) + "<image>Output:"
+                      if shots else "<image>Output:")
+            names = [n for n, _ in shots] + [QUERY]
+            vision_x = torch.stack([pix[n] for n in names]).unsqueeze(0).unsqueeze(2)
+            enc = tokenizer([prompt], return_tensors="pt")
+            for lp, early, nret in [(0.0, False, 1), (-2.0, False, 1), (1.0, True, 3), (0.0, "never", 2)]:
+                with torch.no_grad():
+                    out = model.generate(vision_x, enc["input_ids"], attention_mask=enc["attention_mask"],
+                                         max_new_tokens=MAX_NEW_TOKENS, num_beams=3, length_penalty=lp,
+                                         early_stopping=early, num_return_sequences=nret,
+                                         output_scores=True, return_dict_in_generate=True)
+                n_prompt = enc["input_ids"].shape[1]
+                beams.append({"case": case, "prompt": prompt, "images": names,
+                              "shots": [{"image": n, "caption": c} for n, c in shots],
+                              "num_beams": 3, "length_penalty": lp, "early_stopping": early,
+                              "num_return_sequences": nret, "max_new_tokens": MAX_NEW_TOKENS,
+                              "sequences": [r[n_prompt:].tolist() for r in out.sequences],
+                              "sequence_scores": out.sequences_scores.tolist()})
+        (ref / f"every{every}_beams.json").write_text(json.dumps(beams, indent=1, ensure_ascii=False))
+
         # Scoring: log-likelihood of candidates after the 2-shot prompt, through the reference's own
         # loss (labels -100 on the prompt, mean cross-entropy over the candidate's tokens).
         prompt = "".join(f"<image>Output:{c}<|endofchunk|>" for _, c in SHOTS) + "<image>Output:"

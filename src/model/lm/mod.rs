@@ -28,6 +28,14 @@ impl LayerCache {
         self.len() == 0
     }
 
+    /// Keeps the batch rows `idx` (u32 indices, repeats allowed).
+    pub fn select_rows(&mut self, idx: &Tensor) -> Result<()> {
+        if let Some((k, v)) = self.kv.take() {
+            self.kv = Some((k.index_select(idx, 0)?, v.index_select(idx, 0)?));
+        }
+        Ok(())
+    }
+
     /// Appends new keys/values and returns the full ones.
     pub fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let (k, v) = match self.kv.take() {
