@@ -11,7 +11,9 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::generate::beam::{beam_search, BeamConfig};
 use crate::generate::score::{score_candidates, CandidateScore};
-use crate::generate::{generate, GenerateOptions, Generated, GenerationConfig};
+use crate::generate::{
+    generate, generate_batch, BatchItem, GenerateOptions, Generated, GenerationConfig,
+};
 use crate::hub::{self, registry};
 use crate::model::{preprocess, Flamingo};
 use crate::text::prompt::{post_process, task_prompt, ShotText, Task, Templates};
@@ -165,6 +167,92 @@ impl Captioner {
             candidates.iter().cloned().zip(scores).collect();
         ranked.sort_by(|a, b| b.1.logprob.total_cmp(&a.1.logprob));
         Ok(ranked)
+    }
+
+    /// The same examples and prompt for many query images, decoded `batch_size` at a time.
+    /// Returns one result per query, in order; an unreadable image fails only its own row.
+    pub fn caption_batch(
+        &self,
+        req: &CaptionRequest,
+        queries: &[ImageInput],
+        batch_size: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Result<CaptionResult>>> {
+        if req.generation.num_beams > 1 {
+            return Err(Error::Prompt(
+                "--batch does not do beam search yet; use one query at a time".into(),
+            ));
+        }
+        let prompt = req.prompt()?;
+        let prompt_ids = self.tokenizer.encode(&prompt)?;
+        let markers = prompt_ids
+            .iter()
+            .filter(|&&t| t == self.tokenizer.media_id)
+            .count();
+        if markers != req.shots.len() + 1 {
+            return Err(Error::Prompt(format!(
+                "the prompt has {markers} <image> markers for {} images",
+                req.shots.len() + 1
+            )));
+        }
+        let shot_images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
+        let shots = if shot_images.is_empty() {
+            None
+        } else {
+            Some(self.pixels(&shot_images)?)
+        };
+        let opts = GenerateOptions {
+            config: req.generation.clone(),
+            eos_id: self.tokenizer.eoc_id,
+            suppress: vec![self.tokenizer.media_id],
+            keep_logits: req.keep_logits,
+        };
+        let mut results: Vec<Result<CaptionResult>> = Vec::with_capacity(queries.len());
+        for chunk in queries.chunks(batch_size.max(1)) {
+            // Rows whose image cannot be read fail alone.
+            let mut rows: Vec<(usize, Tensor)> = Vec::new();
+            let mut chunk_results: Vec<Option<Result<CaptionResult>>> =
+                (0..chunk.len()).map(|_| None).collect();
+            for (i, q) in chunk.iter().enumerate() {
+                let px = self.pixels(&[q]).and_then(|q| match &shots {
+                    Some(s) => Ok(Tensor::cat(&[s, &q], 0)?),
+                    None => Ok(q),
+                });
+                match px {
+                    Ok(px) => rows.push((i, px)),
+                    Err(e) => chunk_results[i] = Some(Err(e)),
+                }
+            }
+            let items: Vec<BatchItem> = rows
+                .iter()
+                .map(|(_, px)| BatchItem {
+                    pixels: Some(px),
+                    prompt_ids: &prompt_ids,
+                })
+                .collect();
+            let generated =
+                generate_batch(&self.model, &items, &opts, self.tokenizer.pad_id, cancel)?;
+            for ((i, _), g) in rows.iter().zip(generated) {
+                let r = self
+                    .tokenizer
+                    .decode(&g.tokens)
+                    .map(|raw_text| CaptionResult {
+                        prompt: prompt.clone(),
+                        prompt_ids: prompt_ids.clone(),
+                        text: post_process(req.task, &raw_text),
+                        raw_text,
+                        generated: g,
+                        beams: Vec::new(),
+                    });
+                chunk_results[*i] = Some(r);
+            }
+            results.extend(
+                chunk_results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(Error::Prompt("no result".into())))),
+            );
+        }
+        Ok(results)
     }
 
     fn beam(

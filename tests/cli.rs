@@ -353,3 +353,42 @@ fn beam_search_from_the_command_line_matches_transformers() {
     let want = c["sequence_scores"][0].as_f64().unwrap();
     assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
 }
+
+#[test]
+fn batch_prints_one_json_line_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(img("astronaut.png"), dir.path().join("a_astronaut.png")).unwrap();
+    std::fs::copy(img("rocket.jpg"), dir.path().join("b_rocket.jpg")).unwrap();
+    std::fs::write(dir.path().join("c_broken.png"), b"not an image").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args([
+            "caption",
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "2",
+            "--batch",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    // The astronaut, zero-shot: the reference's tokens.
+    let want = reference_json("every1_zeroshot.json");
+    assert!(lines[0]["image"]
+        .as_str()
+        .unwrap()
+        .ends_with("a_astronaut.png"));
+    assert_eq!(lines[0]["token_ids"], want["generated_token_ids"]);
+    assert!(lines[1]["token_ids"].is_array());
+    assert!(lines[2]["error"].as_str().unwrap().contains("c_broken.png"));
+    // One image failed: the exit code says so.
+    assert!(!out.status.success());
+}

@@ -275,3 +275,30 @@ fn beam_search_matches_transformers() {
     check_beams(&load("hf"), "every1_beams.json");
     check_beams(&load("hf-xattn2"), "every2_beams.json");
 }
+
+#[test]
+fn extract_vision_feats_takes_both_layouts() {
+    let l = load("hf");
+    let info = reference_json("every1_twoshot.json");
+    let r = reference("every1_twoshot.safetensors");
+    let pixels = case_pixels(&info); // (3, C, H, W)
+    let five = l
+        .model
+        .extract_vision_feats(&pixels.unsqueeze(0).unwrap())
+        .unwrap();
+    assert_eq!(five.dims()[..2], [1, 3]);
+    assert_close(
+        "(1, 3, C, H, W)",
+        &five.squeeze(0).unwrap(),
+        &r["perceiver"],
+        TOL,
+    );
+    let four = l.model.extract_vision_feats(&pixels).unwrap();
+    assert_eq!(four.dims()[..2], [3, 1]);
+    assert_close(
+        "(3, C, H, W)",
+        &four.squeeze(1).unwrap(),
+        &r["perceiver"],
+        TOL,
+    );
+}

@@ -55,9 +55,16 @@ pub struct AppArgs {
 /// What makes the prompt: the model, the examples, the query, the task and the templates.
 #[derive(clap::Args, Debug)]
 pub struct PromptArgs {
-    /// The query image.
-    #[arg(value_name = "QUERY_IMAGE")]
-    pub query: PathBuf,
+    /// The query image (not with `caption --batch`).
+    #[arg(value_name = "QUERY_IMAGE", required_unless_present = "batch")]
+    pub query: Option<PathBuf>,
+    /// Caption many images: a folder (its image files, by name) or a text file listing one
+    /// path per line. Prints one JSON line per image.
+    #[arg(long, value_name = "DIR_OR_LIST")]
+    pub batch: Option<PathBuf>,
+    /// Images decoded together with --batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
     /// Model id (hub repo of the OpenFlamingo checkpoint).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
@@ -267,7 +274,7 @@ impl PromptArgs {
         let req = CaptionRequest {
             task: self.task(),
             shots: self.shots()?,
-            query: ImageInput::Path(self.query.clone()),
+            query: ImageInput::Path(self.query.clone().unwrap_or_default()),
             question: self.question.clone(),
             templates: self.templates()?,
             generation: GenerationConfig::default(),
@@ -279,6 +286,9 @@ impl PromptArgs {
 }
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {
+    if a.prompt.query.is_none() || a.prompt.batch.is_some() {
+        anyhow::bail!("score takes one QUERY_IMAGE (no --batch)");
+    }
     let (req, captioner) = a.prompt.load()?;
     let ranked = captioner.score(&req, &a.candidate, &AtomicBool::new(false))?;
     if a.json {
@@ -300,7 +310,80 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The images a `--batch` argument names: a folder's image files by name, or a list file.
+pub fn batch_images(arg: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    const EXT: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp"];
+    if arg.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(arg)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| EXT.contains(&e.to_ascii_lowercase().as_str()))
+                    .unwrap_or(false)
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    } else {
+        let text = std::fs::read_to_string(arg)
+            .map_err(|e| anyhow::anyhow!("cannot read the list {}: {e}", arg.display()))?;
+        let base = arg.parent().unwrap_or(std::path::Path::new("."));
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let p = PathBuf::from(l);
+                if p.is_absolute() {
+                    p
+                } else {
+                    base.join(p)
+                }
+            })
+            .collect())
+    }
+}
+
+fn caption_batch(a: &CaptionArgs, list: &std::path::Path) -> anyhow::Result<()> {
+    let images = batch_images(list)?;
+    if images.is_empty() {
+        anyhow::bail!("no images in {}", list.display());
+    }
+    let (mut req, captioner) = a.prompt.load()?;
+    req.generation = a.generation();
+    let queries: Vec<ImageInput> = images.iter().cloned().map(ImageInput::Path).collect();
+    let results =
+        captioner.caption_batch(&req, &queries, a.prompt.batch_size, &AtomicBool::new(false))?;
+    let mut failed = 0;
+    for (img, r) in images.iter().zip(results) {
+        let line = match r {
+            Ok(r) => serde_json::json!({
+                "image": img, "text": r.text, "raw_text": r.raw_text, "token_ids": r.generated.tokens,
+            }),
+            Err(e) => {
+                failed += 1;
+                serde_json::json!({"image": img, "error": e.to_string()})
+            }
+        };
+        println!("{line}");
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} images failed (see their lines)",
+            images.len()
+        );
+    }
+    Ok(())
+}
+
 fn caption(a: CaptionArgs) -> anyhow::Result<()> {
+    if let Some(list) = a.prompt.batch.clone() {
+        if a.prompt.query.is_some() {
+            anyhow::bail!("give either QUERY_IMAGE or --batch, not both");
+        }
+        return caption_batch(&a, &list);
+    }
     let (mut req, captioner) = a.prompt.load()?;
     req.generation = a.generation();
     req.keep_logits = a.logits_out.is_some();

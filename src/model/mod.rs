@@ -77,6 +77,26 @@ impl Flamingo {
         self.perceiver.forward(&tokens)
     }
 
+    /// The seed's `extract_vision_feats`: images (B, C, H, W) for one image per sample, or
+    /// (B, T_img, C, H, W), → latents (B, T_img, num_latents, width).
+    pub fn extract_vision_feats(&self, images: &Tensor) -> Result<Tensor> {
+        let (b, t, c, h, w) = match images.rank() {
+            4 => {
+                let (b, c, h, w) = images.dims4()?;
+                (b, 1, c, h, w)
+            }
+            5 => images.dims5()?,
+            r => {
+                return Err(Error::Prompt(format!(
+                    "images must be (B, C, H, W) or (B, T_img, C, H, W), got rank {r}"
+                )))
+            }
+        };
+        let lat = self.encode_images(&images.reshape((b * t, c, h, w))?)?;
+        let (_, l, d) = lat.dims3()?;
+        Ok(lat.reshape((b, t, l, d))?)
+    }
+
     /// Starts a decoding session for a batch whose images are `media` [B, T_img, L, Dv]
     /// (T_img may be 0 for a text-only prompt).
     pub fn session(&self, media: &Tensor) -> Result<Session<'_>> {
