@@ -16,7 +16,7 @@ use crate::generate::{
 };
 use crate::hub::{self, registry};
 use crate::model::{preprocess, Flamingo};
-use crate::text::prompt::{post_process, task_prompt, ShotText, Task, Templates};
+use crate::text::prompt::{answer, task_prompt, ShotText, Task, Templates};
 use crate::text::TextTokenizer;
 
 pub struct Captioner {
@@ -239,7 +239,7 @@ impl Captioner {
                     .map(|raw_text| CaptionResult {
                         prompt: prompt.clone(),
                         prompt_ids: prompt_ids.clone(),
-                        text: post_process(req.task, &raw_text),
+                        text: answer(req.task, &raw_text),
                         raw_text,
                         generated: g,
                         beams: Vec::new(),
@@ -288,7 +288,7 @@ impl Captioner {
                 let raw_text = self.tokenizer.decode(&r.tokens)?;
                 Ok(BeamHypothesis {
                     token_ids: r.tokens.clone(),
-                    text: post_process(req.task, &raw_text),
+                    text: answer(req.task, &raw_text),
                     raw_text,
                     sequence_score: r.sequence_score,
                 })
@@ -388,7 +388,7 @@ impl Captioner {
         Ok(CaptionResult {
             prompt,
             prompt_ids,
-            text: post_process(req.task, &raw_text),
+            text: answer(req.task, &raw_text),
             raw_text,
             generated,
             beams,

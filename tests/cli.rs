@@ -60,7 +60,7 @@ fn caption_json_gives_the_reference_tokens() {
         assert_eq!(v["raw_text"], raw, "{tag}");
         assert_eq!(
             v["text"].as_str().unwrap(),
-            flamingo::text::prompt::post_process(flamingo::text::prompt::Task::Caption, raw),
+            flamingo::text::prompt::answer(flamingo::text::prompt::Task::Caption, raw),
             "{tag}"
         );
         assert!(v["timings"]["prefill_s"].as_f64().unwrap() >= 0.0);

@@ -652,8 +652,7 @@ impl FlamingoApp {
                 since_start_s,
             } if mine(job, &self.output) => {
                 self.output.raw.push_str(&text);
-                self.output.answer =
-                    crate::text::prompt::post_process(self.ws.task, &self.output.raw);
+                self.output.answer = crate::text::prompt::answer(self.ws.task, &self.output.raw);
                 self.output.tokens = n_tokens;
                 self.output.first_token_s.get_or_insert(since_start_s);
                 self.output.last_token_s = Some(since_start_s);

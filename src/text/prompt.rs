@@ -167,26 +167,26 @@ pub fn task_prompt(
     Ok(p)
 }
 
-/// The seed's `post_process`: a caption is cut before the next "Output" and loses its quotes; a
-/// VQA answer is cut before the next "Question" or "Answer". Both are trimmed.
+/// The seed's `post_process`, exactly: a caption is cut before the first "Output" and loses its
+/// double quotes; a VQA answer is cut before the first "Question" or "Answer". Nothing is
+/// trimmed (see [`answer`]).
 pub fn post_process(task: Task, raw: &str) -> String {
     match task {
-        Task::Caption => raw
-            .split("Output")
-            .next()
-            .unwrap_or("")
-            .replace('"', "")
-            .trim()
-            .to_string(),
+        Task::Caption => raw.split("Output").next().unwrap_or("").replace('"', ""),
         Task::Vqa => {
             let cut = ["Question", "Answer"]
                 .iter()
                 .filter_map(|m| raw.find(m))
                 .min()
                 .unwrap_or(raw.len());
-            raw[..cut].trim().to_string()
+            raw[..cut].to_string()
         }
     }
+}
+
+/// What users see: [`post_process`] with surrounding white space removed.
+pub fn answer(task: Task, raw: &str) -> String {
+    post_process(task, raw).trim().to_string()
 }
 
 /// Counts `<image>` markers in a prompt.
@@ -232,11 +232,12 @@ mod tests {
             task_prompt(Task::Vqa, &t, &shots, "Where?").unwrap(),
             "<image>Question:What is it? Short Answer:a cat<|endofchunk|><image>Question:Where? Short Answer:"
         );
-        assert_eq!(post_process(Task::Vqa, " on a mat Question: x"), "on a mat");
-        assert_eq!(post_process(Task::Vqa, "yes Answer"), "yes");
+        assert_eq!(answer(Task::Vqa, " on a mat Question: x"), "on a mat");
         assert_eq!(
-            post_process(Task::Caption, " A \"cat\". Output: more"),
-            "A cat."
+            post_process(Task::Vqa, " on a mat Question: x"),
+            " on a mat "
         );
+        assert_eq!(answer(Task::Vqa, "yes Answer"), "yes");
+        assert_eq!(answer(Task::Caption, " A \"cat\". Output: more"), "A cat.");
     }
 }
