@@ -46,6 +46,8 @@ pub enum Command {
     ClearQuery,
     SetTask(Task),
     ResetTemplates,
+    /// A named prompt style (`mmpretrain`, `open_flamingo`) for the current task.
+    ApplyPreset(String),
     Generate,
     Stop,
     LoadModel(String),
@@ -395,6 +397,12 @@ impl FlamingoApp {
             Command::ResetTemplates => {
                 *self.ws.templates_mut() = Templates::for_task(self.ws.task);
                 self.mark_dirty();
+            }
+            Command::ApplyPreset(name) => {
+                if let Some(t) = crate::text::prompt::preset(&name, self.ws.task) {
+                    *self.ws.templates_mut() = t;
+                    self.mark_dirty();
+                }
             }
             Command::Generate => self.generate(),
             Command::Stop => self.engine.cancel(),

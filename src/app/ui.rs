@@ -514,9 +514,17 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             Task::Vqa => "{question}, {answer}",
         };
         ui.label(RichText::new(format!("Fields: {fields}. Each template holds one <image>. Without examples the zero-shot template is the whole prompt.")).small().weak());
-        if ui.button("Reset templates").clicked() {
-            cmds.push(Command::ResetTemplates);
-        }
+        ui.horizontal(|ui| {
+            if ui.button("Reset templates").clicked() {
+                cmds.push(Command::ResetTemplates);
+            }
+            ui.label("Presets:");
+            for name in crate::text::prompt::PRESETS {
+                if ui.button(*name).clicked() {
+                    cmds.push(Command::ApplyPreset(name.to_string()));
+                }
+            }
+        });
         if changed {
             app.mark_dirty();
         }
