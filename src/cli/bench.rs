@@ -99,6 +99,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), &device)?;
     let latents = model.encode_images(&pixels)?.unsqueeze(0)?;
     let prompt = two_shot_prompt(media, eoc);
+    // Warm-up prefill (first-touch allocations), then the timed one.
+    model.session(&latents)?.forward(std::slice::from_ref(&prompt))?;
     let mut session = model.session(&latents)?;
     let t = Instant::now();
     let logits = session.forward(std::slice::from_ref(&prompt))?;

@@ -94,6 +94,7 @@ def run():
         model.lang_encoder._use_cached_vision_x = True
         model._encode_vision_x(vision_x)
         mask = torch.ones_like(ids)
+        model.lang_encoder(input_ids=ids, attention_mask=mask, use_cache=True)  # warm-up
         t = time.perf_counter()
         out = model.lang_encoder(input_ids=ids, attention_mask=mask, use_cache=True)
         prefill = time.perf_counter() - t
