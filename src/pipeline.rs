@@ -15,6 +15,7 @@ use crate::generate::{
     generate, generate_batch, BatchItem, GenerateOptions, Generated, GenerationConfig,
 };
 use crate::hub::{self, registry};
+use crate::model::linear::WeightFormat;
 use crate::model::{preprocess, Flamingo};
 use crate::text::prompt::{answer, task_prompt, ShotText, Task, Templates};
 use crate::text::TextTokenizer;
@@ -98,6 +99,16 @@ impl Captioner {
 
     /// Loads a registered model from the cache folder `cache`.
     pub fn load_from(cache: &std::path::Path, model_id: &str, device: &Device) -> Result<Self> {
+        Self::load_with(cache, model_id, device, WeightFormat::F32)
+    }
+
+    /// Loads a model and converts its linear layers to `format`.
+    pub fn load_with(
+        cache: &std::path::Path,
+        model_id: &str,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let spec = registry::find(model_id).ok_or_else(|| {
             Error::Prompt(format!(
@@ -117,7 +128,8 @@ impl Captioner {
         }
         let files = hub::resolve_in(cache, spec)?;
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
-        let model = Flamingo::load(&files, tokenizer.media_id, device)?;
+        let mut model = Flamingo::load(&files, tokenizer.media_id, device)?;
+        model.convert_weights(format)?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::Tokenizer(format!(
                 "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",

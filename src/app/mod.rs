@@ -411,7 +411,7 @@ impl FlamingoApp {
                 self.model = ModelState::Loading(id.clone());
                 self.tokenizer = None;
                 self.token_count = None;
-                self.engine.load(&id);
+                self.engine.load(&id, self.settings.weights);
             }
             Command::NewSet => {
                 self.ws = WorkingSet::new();

@@ -44,6 +44,8 @@ pub struct Settings {
     pub recent_sets: Vec<PathBuf>,
     /// Decoding options (its `max_new_tokens` is the one above).
     pub generation: crate::generate::GenerationConfig,
+    /// Weight format the model is loaded in.
+    pub weights: crate::model::linear::WeightFormat,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             threads: None,
             recent_sets: Vec::new(),
             generation: Default::default(),
+            weights: Default::default(),
         }
     }
 }

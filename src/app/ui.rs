@@ -123,6 +123,22 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                 }
             }
         }
+        let weights_label = ui.label("Weights");
+        let mut fmt = app.settings.weights;
+        egui::ComboBox::from_id_salt("weights")
+            .selected_text(fmt.name())
+            .show_ui(ui, |ui| {
+                for f in crate::model::linear::WeightFormat::ALL {
+                    ui.selectable_value(&mut fmt, f, f.name());
+                }
+            })
+            .response
+            .on_hover_text("f32: exact; f16/q8_0/q4k: less memory, faster decoding")
+            .labelled_by(weights_label.id);
+        if fmt != app.settings.weights {
+            app.settings.weights = fmt;
+            cmds.push(Command::LoadModel(current.clone()));
+        }
         ui.separator();
         ui.label("Device");
         let device = match &app.model {

@@ -3,10 +3,11 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::generate::{generate, GenerateOptions, GenerationConfig};
 use crate::model::config::{MosaicGptConfig, VisionConfig};
+use crate::model::linear::WeightFormat;
 use crate::model::loader::random_model;
 
 #[derive(clap::Args, Debug)]
@@ -22,6 +23,10 @@ pub struct BenchArgs {
     pub images: usize,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Weight format: f32, f16, q8_0 or q4k. Other than f32, the fidelity against f32 on the
+    /// same weights is reported too.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4k"])]
+    pub dtype: String,
 }
 
 pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
@@ -51,6 +56,45 @@ fn proc_status_bytes(key: &str) -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Logits of every position of `prompt` with the images `pixels`.
+fn prompt_logits(
+    model: &crate::model::Flamingo,
+    pixels: &Tensor,
+    prompt: &[u32],
+) -> anyhow::Result<Tensor> {
+    let latents = model.encode_images(pixels)?.unsqueeze(0)?;
+    let mut s = model.session(&latents)?;
+    Ok(s.forward(&[prompt.to_vec()])?.squeeze(0)?)
+}
+
+/// Cosine similarity of two [T, V] logit sets (per position, worst and mean) and top-1 agreement.
+pub fn compare(reference: &Tensor, other: &Tensor) -> anyhow::Result<serde_json::Value> {
+    let a: Vec<Vec<f32>> = reference.to_vec2()?;
+    let b: Vec<Vec<f32>> = other.to_vec2()?;
+    let mut cos = Vec::new();
+    let mut agree = 0usize;
+    for (x, y) in a.iter().zip(&b) {
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+        let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        let ny: f64 = y.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+        cos.push(dot / (nx * ny).max(1e-30));
+        let am = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .fold(0, |m, (i, s)| if *s > v[m] { i } else { m })
+        };
+        if am(x) == am(y) {
+            agree += 1;
+        }
+    }
+    Ok(serde_json::json!({
+        "positions": a.len(),
+        "cosine_min": cos.iter().cloned().fold(f64::INFINITY, f64::min),
+        "cosine_mean": cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+        "top1_agreement": agree as f64 / a.len().max(1) as f64,
+    }))
 }
 
 /// Peak resident memory of this process, bytes (Linux; None elsewhere).
@@ -84,7 +128,28 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
     let t0 = Instant::now();
-    let model = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
+    let mut model = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
+    let fmt = WeightFormat::parse(&a.dtype).unwrap_or_default();
+    let fidelity_pixels = Tensor::randn(
+        0f32,
+        1f32,
+        (3, 3, vcfg.image_size, vcfg.image_size),
+        &device,
+    )?;
+    let prompt = two_shot_prompt(media, eoc);
+    let reference = if fmt != WeightFormat::F32 {
+        Some(prompt_logits(&model, &fidelity_pixels, &prompt)?)
+    } else {
+        None
+    };
+    model.convert_weights(fmt)?;
+    let fidelity = match reference {
+        Some(r) => Some(compare(
+            &r,
+            &prompt_logits(&model, &fidelity_pixels, &prompt)?,
+        )?),
+        None => None,
+    };
     let build_s = t0.elapsed().as_secs_f64();
     let s = vcfg.image_size;
     let one = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
@@ -98,9 +163,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), &device)?;
     let latents = model.encode_images(&pixels)?.unsqueeze(0)?;
-    let prompt = two_shot_prompt(media, eoc);
     // Warm-up prefill (first-touch allocations), then the timed one.
-    model.session(&latents)?.forward(std::slice::from_ref(&prompt))?;
+    model
+        .session(&latents)?
+        .forward(std::slice::from_ref(&prompt))?;
     let mut session = model.session(&latents)?;
     let t = Instant::now();
     let logits = session.forward(std::slice::from_ref(&prompt))?;
@@ -123,7 +189,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let decode_per_token = g.timings.decode_s / (g.tokens.len().max(2) - 1) as f64;
     let out = serde_json::json!({
         "shape": a.shape,
-        "dtype": format!("{:?}", DType::F32).to_lowercase(),
+        "dtype": fmt.name(),
+        "fidelity_vs_f32": fidelity,
         "threads": candle_core::utils::get_num_threads(),
         "build_s": build_s,
         "encode_s_per_image": encode_per_image,

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::generate::beam::EarlyStopping;
 use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
+use crate::model::linear::WeightFormat;
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
 use crate::text::prompt::{preset, ShotText, Task, Templates, PRESETS};
 
@@ -89,6 +90,9 @@ pub struct PromptArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Weight format of the linear layers: f32, f16, q8_0 or q4k.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4k"])]
+    pub dtype: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -281,7 +285,9 @@ impl PromptArgs {
             keep_logits: false,
         };
         let (device, _) = crate::engine::pick_device();
-        Ok((req, Captioner::load(&self.model, &device)?))
+        let fmt = WeightFormat::parse(&self.dtype).unwrap_or_default();
+        let captioner = Captioner::load_with(&crate::hub::cache_dir(), &self.model, &device, fmt)?;
+        Ok((req, captioner))
     }
 }
 

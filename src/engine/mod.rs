@@ -17,9 +17,11 @@ use crate::text::TextTokenizer;
 pub type JobId = u64;
 
 pub enum Request {
-    /// Load a registered model from the cache (replacing the current one).
+    /// Load a registered model from the cache (replacing the current one), its linear layers
+    /// in `format`.
     Load {
         model_id: String,
+        format: crate::model::linear::WeightFormat,
     },
     Generate {
         job: JobId,
@@ -33,6 +35,8 @@ pub struct ModelInfo {
     pub model_id: String,
     /// "CPU", "CUDA" or "Metal".
     pub device: String,
+    /// Weight format of the linear layers.
+    pub format: String,
     pub context_len: usize,
     pub load_s: f64,
 }
@@ -141,9 +145,10 @@ impl Engine {
         }
     }
 
-    pub fn load(&self, model_id: &str) {
+    pub fn load(&self, model_id: &str, format: crate::model::linear::WeightFormat) {
         let _ = self.tx.send(Request::Load {
             model_id: model_id.to_string(),
+            format,
         });
     }
 
@@ -205,7 +210,7 @@ fn run(
     while let Ok(req) = rx.recv() {
         match req {
             Request::Shutdown => break,
-            Request::Load { model_id } => {
+            Request::Load { model_id, format } => {
                 send(Event::Loading {
                     model_id: model_id.clone(),
                 });
@@ -214,11 +219,12 @@ fn run(
                     .hub_cache
                     .clone()
                     .unwrap_or_else(crate::hub::cache_dir);
-                match Captioner::load_from(&cache, &model_id, &device) {
+                match Captioner::load_with(&cache, &model_id, &device, format) {
                     Ok(c) => {
                         let info = ModelInfo {
                             model_id: c.model_id.clone(),
                             device: device_label.clone(),
+                            format: format.name().to_string(),
                             context_len: c.model.max_seq_len(),
                             load_s: c.load_s,
                         };

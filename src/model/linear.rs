@@ -1,20 +1,63 @@
-//! The one linear-layer type of the model. Every projection goes through it, so that other
-//! weight formats (f16, quantized) are a change in this file only.
+//! The one linear-layer type of the model. Every projection goes through it, so that weight
+//! formats (f32, f16, q8_0, q4k) are a change in this file only.
 
-use candle_core::{Module, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
 use crate::model::weights::Vb;
 
+/// How the weights of the linear layers are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    F16,
+    Q8_0,
+    Q4K,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 4] = [Self::F32, Self::F16, Self::Q8_0, Self::Q4K];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Weight {
+    Dense(Tensor),
+    Matmul(QMatMul),
+}
+
 #[derive(Clone, Debug)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: Weight,
+    bias: Option<Tensor>,
+    in_dim: usize,
+    out_dim: usize,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let (out_dim, in_dim) = weight.dims2().unwrap_or((0, 0));
         Self {
-            inner: candle_nn::Linear::new(weight, bias),
+            weight: Weight::Dense(weight),
+            bias,
+            in_dim,
+            out_dim,
         }
     }
 
@@ -30,13 +73,66 @@ impl Linear {
         Ok(Self::new(w, b))
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
+    }
+
+    /// Converts the weight (a dense f32 weight) to `fmt`. A quantized format whose block does
+    /// not divide the input width falls back to q8_0, then to f16.
+    pub fn convert(&mut self, fmt: WeightFormat) -> Result<()> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(());
+        };
+        let w = w.to_dtype(DType::F32)?;
+        let fits = |d: GgmlDType| self.in_dim.is_multiple_of(d.block_size());
+        let q = |d: GgmlDType| -> Result<Weight> {
+            Ok(Weight::Matmul(QMatMul::from_qtensor(QTensor::quantize(
+                &w, d,
+            )?)?))
+        };
+        self.weight = match fmt {
+            WeightFormat::F32 => Weight::Dense(w),
+            WeightFormat::F16 => Weight::Matmul(QMatMul::TensorF16(w.to_dtype(DType::F16)?)),
+            WeightFormat::Q4K if fits(GgmlDType::Q4K) => q(GgmlDType::Q4K)?,
+            WeightFormat::Q4K | WeightFormat::Q8_0 if fits(GgmlDType::Q8_0) => q(GgmlDType::Q8_0)?,
+            _ => Weight::Matmul(QMatMul::TensorF16(w.to_dtype(DType::F16)?)),
+        };
+        Ok(())
+    }
+
+    /// Bytes held by the weight.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Weight::Matmul(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Weight::Matmul(QMatMul::Tensor(w)) | Weight::Matmul(QMatMul::TensorF16(w)) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(x)?)
+        let y = match &self.weight {
+            Weight::Dense(w) => {
+                let w = match *x.dims() {
+                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+                    [b, _, _] => w.broadcast_left(b)?.t()?,
+                    _ => w.t()?,
+                };
+                x.matmul(&w)?
+            }
+            Weight::Matmul(m) => m.forward(&x.contiguous()?)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
+}
+
+/// Something that holds linear layers, for converting them all to one format.
+pub trait HasLinears {
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
 }
 
 /// LayerNorm over the last dimension; `bias` absent means weight-only (zeros bias).

@@ -172,6 +172,7 @@ impl Flamingo {
             xattn,
             media_id,
             device: device.clone(),
+            format: Default::default(),
         })
     }
 }
@@ -305,6 +306,7 @@ pub fn random_model(
         xattn,
         media_id,
         device: device.clone(),
+        format: Default::default(),
     })
 }
 

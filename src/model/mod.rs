@@ -26,6 +26,7 @@ pub struct Flamingo {
     pub(crate) xattn: Vec<Option<GatedCrossAttention>>,
     pub(crate) media_id: u32,
     pub(crate) device: Device,
+    pub(crate) format: linear::WeightFormat,
 }
 
 impl Flamingo {
@@ -55,6 +56,27 @@ impl Flamingo {
 
     pub fn vision_config(&self) -> &config::VisionConfig {
         self.vision.config()
+    }
+
+    /// Converts every linear layer (vision tower, perceiver, cross-attention, LM and its output
+    /// projection) to `fmt`. Embedding lookups, norms and biases stay f32.
+    pub fn convert_weights(&mut self, fmt: linear::WeightFormat) -> Result<()> {
+        use linear::HasLinears;
+        let mut all = self.vision.linears_mut();
+        all.extend(self.perceiver.linears_mut());
+        for x in self.xattn.iter_mut().flatten() {
+            all.extend(x.linears_mut());
+        }
+        all.extend(self.lm.linears_mut());
+        for l in all {
+            l.convert(fmt)?;
+        }
+        self.format = fmt;
+        Ok(())
+    }
+
+    pub fn weight_format(&self) -> linear::WeightFormat {
+        self.format
     }
 
     /// Every how many decoder layers a cross-attention block sits.

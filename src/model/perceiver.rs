@@ -3,7 +3,7 @@
 use candle_core::{Module, Tensor};
 
 use crate::error::Result;
-use crate::model::linear::{layer_norm, Linear};
+use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::weights::Vb;
 
 const LN_EPS: f64 = 1e-5;
@@ -85,6 +85,23 @@ impl PerceiverAttention {
         let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let o = merge_heads(&att.matmul(&v)?)?;
         self.to_out.forward(&o)
+    }
+}
+
+impl FeedForward {
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.up, &mut self.down]
+    }
+}
+
+impl HasLinears for PerceiverResampler {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = Vec::new();
+        for (a, f) in &mut self.layers {
+            v.extend([&mut a.to_q, &mut a.to_kv, &mut a.to_out]);
+            v.extend(f.linears_mut());
+        }
+        v
     }
 }
 

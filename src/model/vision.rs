@@ -5,7 +5,7 @@ use candle_core::{Module, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::VisionConfig;
-use crate::model::linear::{layer_norm, Linear};
+use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::weights::Vb;
 
 const LN_EPS: f64 = 1e-5;
@@ -68,6 +68,16 @@ impl ResBlock {
         };
         let h = self.c_proj.forward(&h)?;
         Ok((x + h)?)
+    }
+}
+
+impl HasLinears for VisionTower {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = vec![&mut self.patch];
+        for b in &mut self.blocks {
+            v.extend([&mut b.in_proj, &mut b.out_proj, &mut b.c_fc, &mut b.c_proj]);
+        }
+        v
     }
 }
 

@@ -3,7 +3,7 @@
 use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
-use crate::model::linear::{layer_norm, Linear};
+use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::perceiver::{merge_heads, split_heads, FeedForward, DIM_HEAD, HEADS};
 use crate::model::weights::Vb;
 
@@ -77,6 +77,14 @@ impl MediaKv {
         self.k = self.k.index_select(idx, 0)?;
         self.v = self.v.index_select(idx, 0)?;
         Ok(())
+    }
+}
+
+impl HasLinears for GatedCrossAttention {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = vec![&mut self.to_q, &mut self.to_kv, &mut self.to_out];
+        v.extend(self.ff.linears_mut());
+        v
     }
 }
 

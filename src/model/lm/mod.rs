@@ -53,6 +53,13 @@ pub enum LanguageModel {
 }
 
 impl LanguageModel {
+    pub fn linears_mut(&mut self) -> Vec<&mut crate::model::linear::Linear> {
+        use crate::model::linear::HasLinears;
+        match self {
+            LanguageModel::MosaicGpt(m) => m.linears_mut(),
+        }
+    }
+
     pub fn n_layers(&self) -> usize {
         match self {
             LanguageModel::MosaicGpt(m) => m.n_layers(),

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
 use crate::model::config::MosaicGptConfig;
-use crate::model::linear::{layer_norm, Linear};
+use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::perceiver::{merge_heads, split_heads};
 use crate::model::weights::Vb;
 
@@ -53,9 +53,21 @@ impl Block {
 pub struct MosaicGpt {
     cfg: MosaicGptConfig,
     wte: Tensor,
+    /// The tied output projection (the same matrix as `wte`, convertible on its own).
+    head: Linear,
     blocks: Vec<Block>,
     ln_f: candle_nn::LayerNorm,
     slopes: Vec<f32>,
+}
+
+impl HasLinears for MosaicGpt {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = vec![&mut self.head];
+        for b in &mut self.blocks {
+            v.extend([&mut b.wqkv, &mut b.out_proj, &mut b.mlp_up, &mut b.mlp_down]);
+        }
+        v
+    }
 }
 
 impl MosaicGpt {
@@ -76,6 +88,7 @@ impl MosaicGpt {
         Ok(Self {
             ln_f: layer_norm(&t, "ln_f", cfg.d_model, LN_EPS, false)?,
             cfg: cfg.clone(),
+            head: Linear::new(wte.clone(), None),
             wte,
             blocks,
             slopes,
@@ -177,7 +190,7 @@ impl MosaicGpt {
     /// Final norm and tied output projection: [B, T, d] → [B, T, vocab].
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.ln_f.forward(x)?;
-        let logits = x.broadcast_matmul(&self.wte.t()?)?;
+        let logits = self.head.forward(&x)?;
         Ok(match self.cfg.logit_scale {
             Some(s) => (logits * s)?,
             None => logits,
