@@ -317,3 +317,63 @@ fn pasted_file_paths_become_images() {
     });
     assert_eq!(h.state().ws.query.as_ref().unwrap().name, "astronaut.png");
 }
+
+#[test]
+fn ranking_candidates_in_the_app_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let info = reference_json("every1_score.json");
+    h.state_mut().apply(Command::NewSet);
+    h.step();
+    let [examples_rect, query_rect] = h.state().drop_rects();
+    let shots: Vec<PathBuf> = info["shots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| img(s["image"].as_str().unwrap()))
+        .collect();
+    drop_files(&mut h, examples_rect.center(), &shots);
+    wait_until(&mut h, "the examples", |a| {
+        a.ws.examples.len() == 2 && a.loading_images == 0
+    });
+    drop_files(
+        &mut h,
+        query_rect.center(),
+        &[img(info["query"].as_str().unwrap())],
+    );
+    wait_until(&mut h, "the query", |a| {
+        a.ws.query.is_some() && a.loading_images == 0
+    });
+    let cands = info["candidates"].as_array().unwrap();
+    {
+        let app = h.state_mut();
+        for (e, s) in app
+            .ws
+            .examples
+            .iter_mut()
+            .zip(info["shots"].as_array().unwrap())
+        {
+            e.text.caption = s["caption"].as_str().unwrap().into();
+        }
+        app.ws.candidates = cands
+            .iter()
+            .map(|c| c["candidate"].as_str().unwrap().trim().to_string())
+            .filter(|c| c != "two  spaces")
+            .collect::<Vec<_>>()
+            .join("\n");
+        app.apply(Command::Score);
+    }
+    wait_until(&mut h, "the ranking", |a| a.output.state == RunState::Done);
+    let got: Vec<String> = h.state().ranked.iter().map(|(t, _)| t.clone()).collect();
+    let mut want: Vec<(f64, String)> = cands
+        .iter()
+        .filter(|c| c["candidate"] != " two  spaces")
+        .map(|c| {
+            let s = -c["loss"].as_f64().unwrap() * c["n_tokens"].as_f64().unwrap();
+            (s, c["candidate"].as_str().unwrap().to_string())
+        })
+        .collect();
+    want.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert_eq!(got, want.into_iter().map(|(_, t)| t).collect::<Vec<_>>());
+}

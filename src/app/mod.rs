@@ -49,6 +49,8 @@ pub enum Command {
     /// A named prompt style (`mmpretrain`, `open_flamingo`) for the current task.
     ApplyPreset(String),
     Generate,
+    /// Rank the candidate texts (one per line) for the query.
+    Score,
     Stop,
     LoadModel(String),
     NewSet,
@@ -203,6 +205,8 @@ pub struct FlamingoApp {
     pub messages: Vec<Message>,
     pub frames: FrameStats,
     pub loading_images: usize,
+    /// The last ranking of candidates, best first: (text, summed log-probability).
+    pub ranked: Vec<(String, f32)>,
     engine: Engine,
     loader: ImageLoader,
     tokenizer: Option<Arc<TextTokenizer>>,
@@ -258,6 +262,7 @@ impl FlamingoApp {
             messages: Vec::new(),
             frames: FrameStats::default(),
             loading_images: 0,
+            ranked: Vec::new(),
             engine,
             loader,
             tokenizer: None,
@@ -405,6 +410,7 @@ impl FlamingoApp {
                 }
             }
             Command::Generate => self.generate(),
+            Command::Score => self.score(),
             Command::Stop => self.engine.cancel(),
             Command::LoadModel(id) => {
                 self.settings.model_id = id.clone();
@@ -561,6 +567,40 @@ impl FlamingoApp {
         }
     }
 
+    fn score(&mut self) {
+        if self.is_running() {
+            return;
+        }
+        if !matches!(self.model, ModelState::Ready(_)) {
+            self.error("The model is not loaded yet (see Model at the top).".into());
+            return;
+        }
+        let candidates: Vec<String> = self
+            .ws
+            .candidates
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if candidates.is_empty() {
+            self.error("Type some candidate texts to rank, one per line.".into());
+            return;
+        }
+        match self.build_request() {
+            Ok(req) => {
+                let job = self.engine.score(req, candidates);
+                self.output = Output {
+                    job: Some(job),
+                    state: RunState::Running,
+                    ..Default::default()
+                };
+                self.ranked.clear();
+            }
+            Err(e) => self.error(e),
+        }
+    }
+
     /// Token count of the current prompt (cached per prompt text).
     pub fn prompt_token_count(&mut self, prompt: &str) -> Option<Result<usize, String>> {
         let tok = self.tokenizer.as_ref()?;
@@ -678,6 +718,10 @@ impl FlamingoApp {
                 self.output.timings = Some(timings);
                 self.output.state = RunState::Done;
                 self.frames.log("done", tokens);
+            }
+            Event::Scored { job, ranked } if mine(job, &self.output) => {
+                self.ranked = ranked;
+                self.output.state = RunState::Done;
             }
             Event::Cancelled { job } if mine(job, &self.output) => {
                 self.output.state = RunState::Stopped;

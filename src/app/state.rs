@@ -70,6 +70,8 @@ pub struct WorkingSet {
     pub question: String,
     pub caption_templates: Templates,
     pub vqa_templates: Templates,
+    /// Candidate texts to rank, one per line.
+    pub candidates: String,
 }
 
 impl WorkingSet {

@@ -38,6 +38,8 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
             ui.add_space(8.0);
             output_area(app, ui, &mut cmds);
             ui.add_space(8.0);
+            ranking(app, ui, &mut cmds);
+            ui.add_space(8.0);
             prompt_preview(app, ui, &mut cmds);
         });
     });
@@ -473,6 +475,32 @@ fn output_area(app: &mut FlamingoApp, ui: &mut Ui, _cmds: &mut [Command]) {
     if !o.raw.is_empty() && o.raw.trim() != o.answer {
         ui.label(RichText::new(format!("raw: {}", o.raw)).small().monospace());
     }
+}
+
+fn ranking(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("Rank candidates").default_open(false).show(ui, |ui| {
+        ui.label(RichText::new("One caption or answer per line; each is scored by its log-likelihood right after the prompt (zero-shot classification).").small().weak());
+        ui.add(
+            egui::TextEdit::multiline(&mut app.ws.candidates)
+                .desired_rows(3)
+                .desired_width(f32::INFINITY)
+                .hint_text("a cat\na dog\nan astronaut"),
+        );
+        let ready = matches!(app.model, ModelState::Ready(_)) && !app.is_running();
+        if ui.add_enabled(ready, egui::Button::new("Rank")).clicked() {
+            cmds.push(Command::Score);
+        }
+        if !app.ranked.is_empty() {
+            egui::Grid::new("ranked").striped(true).show(ui, |ui| {
+                for (i, (text, lp)) in app.ranked.iter().enumerate() {
+                    ui.label(format!("{}.", i + 1));
+                    ui.label(format!("{lp:.3}"));
+                    ui.label(text);
+                    ui.end_row();
+                }
+            });
+        }
+    });
 }
 
 fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {

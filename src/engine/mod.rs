@@ -27,6 +27,12 @@ pub enum Request {
         job: JobId,
         request: Box<CaptionRequest>,
     },
+    /// Rank candidate texts by their log-likelihood after the request's prompt.
+    Score {
+        job: JobId,
+        request: Box<CaptionRequest>,
+        candidates: Vec<String>,
+    },
     Shutdown,
 }
 
@@ -70,6 +76,10 @@ pub enum Event {
         timings: Timings,
         tokens: usize,
     },
+    Scored {
+        job: JobId,
+        ranked: Vec<(String, f32)>,
+    },
     Cancelled {
         job: JobId,
     },
@@ -88,6 +98,7 @@ impl std::fmt::Debug for Event {
             Event::Started { job, .. } => write!(f, "Started({job})"),
             Event::Token { job, text, .. } => write!(f, "Token({job}, {text:?})"),
             Event::Finished { job, text, .. } => write!(f, "Finished({job}, {text:?})"),
+            Event::Scored { job, ranked } => write!(f, "Scored({job}, {ranked:?})"),
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
             Event::Failed { job, error } => write!(f, "Failed({job}, {error})"),
         }
@@ -164,6 +175,19 @@ impl Engine {
         job
     }
 
+    /// Queues a ranking of candidate texts and returns its id.
+    pub fn score(&mut self, request: CaptionRequest, candidates: Vec<String>) -> JobId {
+        let job = self.next_job;
+        self.next_job += 1;
+        self.cancel.store(false, Ordering::SeqCst);
+        let _ = self.tx.send(Request::Score {
+            job,
+            request: Box::new(request),
+            candidates,
+        });
+        job
+    }
+
     /// Stops the running generation at its next step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
@@ -234,6 +258,30 @@ fn run(
                     }
                     Err(e) => send(Event::LoadFailed {
                         model_id,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Request::Score {
+                job,
+                request,
+                candidates,
+            } => {
+                let Some(c) = model.as_ref() else {
+                    send(Event::Failed {
+                        job,
+                        error: "no model is loaded yet".into(),
+                    });
+                    continue;
+                };
+                match c.score(&request, &candidates, &cancel) {
+                    Ok(r) => send(Event::Scored {
+                        job,
+                        ranked: r.into_iter().map(|(t, s)| (t, s.logprob)).collect(),
+                    }),
+                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
+                    Err(e) => send(Event::Failed {
+                        job,
                         error: e.to_string(),
                     }),
                 }
