@@ -349,21 +349,7 @@ impl Captioner {
         cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<CaptionResult> {
-        let prompt = req.prompt()?;
-        let prompt_ids = self.tokenizer.encode(&prompt)?;
-        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
-        images.push(&req.query);
-        let markers = prompt_ids
-            .iter()
-            .filter(|&&t| t == self.tokenizer.media_id)
-            .count();
-        if markers != images.len() {
-            return Err(Error::Prompt(format!(
-                "the prompt has {markers} <image> markers for {} images; each shot template and the final (or zero-shot) template must hold one <image>",
-                images.len()
-            )));
-        }
-        let pixels = self.pixels(&images)?;
+        let (prompt, (prompt_ids, pixels)) = self.prompt_and_pixels(req)?;
         let opts = GenerateOptions {
             config: req.generation.clone(),
             eos_id: self.tokenizer.eoc_id,

@@ -545,36 +545,35 @@ impl FlamingoApp {
         })
     }
 
-    fn generate(&mut self) {
+    /// The request for a new job, or None (and a message) when none can start now.
+    fn request_for_job(&mut self) -> Option<CaptionRequest> {
         if self.is_running() {
-            return;
+            return None;
         }
         if !matches!(self.model, ModelState::Ready(_)) {
             self.error("The model is not loaded yet (see Model at the top).".into());
-            return;
+            return None;
         }
-        match self.build_request() {
-            Ok(req) => {
-                let job = self.engine.generate(req);
-                self.output = Output {
-                    job: Some(job),
-                    state: RunState::Running,
-                    ..Default::default()
-                };
-                self.frames.reset();
-            }
-            Err(e) => self.error(e),
+        self.build_request().map_err(|e| self.error(e)).ok()
+    }
+
+    fn job_started(&mut self, job: JobId) {
+        self.output = Output {
+            job: Some(job),
+            state: RunState::Running,
+            ..Default::default()
+        };
+        self.frames.reset();
+    }
+
+    fn generate(&mut self) {
+        if let Some(req) = self.request_for_job() {
+            let job = self.engine.generate(req);
+            self.job_started(job);
         }
     }
 
     fn score(&mut self) {
-        if self.is_running() {
-            return;
-        }
-        if !matches!(self.model, ModelState::Ready(_)) {
-            self.error("The model is not loaded yet (see Model at the top).".into());
-            return;
-        }
         let candidates: Vec<String> = self
             .ws
             .candidates
@@ -587,17 +586,10 @@ impl FlamingoApp {
             self.error("Type some candidate texts to rank, one per line.".into());
             return;
         }
-        match self.build_request() {
-            Ok(req) => {
-                let job = self.engine.score(req, candidates);
-                self.output = Output {
-                    job: Some(job),
-                    state: RunState::Running,
-                    ..Default::default()
-                };
-                self.ranked.clear();
-            }
-            Err(e) => self.error(e),
+        if let Some(req) = self.request_for_job() {
+            let job = self.engine.score(req, candidates);
+            self.job_started(job);
+            self.ranked.clear();
         }
     }
 

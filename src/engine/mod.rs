@@ -163,11 +163,17 @@ impl Engine {
         });
     }
 
-    /// Queues a generation and returns its id.
-    pub fn generate(&mut self, request: CaptionRequest) -> JobId {
+    /// A fresh job id; a cancel of an earlier job no longer applies.
+    fn new_job(&mut self) -> JobId {
         let job = self.next_job;
         self.next_job += 1;
         self.cancel.store(false, Ordering::SeqCst);
+        job
+    }
+
+    /// Queues a generation and returns its id.
+    pub fn generate(&mut self, request: CaptionRequest) -> JobId {
+        let job = self.new_job();
         let _ = self.tx.send(Request::Generate {
             job,
             request: Box::new(request),
@@ -177,9 +183,7 @@ impl Engine {
 
     /// Queues a ranking of candidate texts and returns its id.
     pub fn score(&mut self, request: CaptionRequest, candidates: Vec<String>) -> JobId {
-        let job = self.next_job;
-        self.next_job += 1;
-        self.cancel.store(false, Ordering::SeqCst);
+        let job = self.new_job();
         let _ = self.tx.send(Request::Score {
             job,
             request: Box::new(request),
