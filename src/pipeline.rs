@@ -1,9 +1,11 @@
 //! A loaded model with its tokenizer, and one captioning request from images and captions to
 //! streamed text. The CLI and the engine thread both use this.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -12,11 +14,11 @@ use crate::error::{Error, Result};
 use crate::generate::beam::{beam_search, BeamConfig};
 use crate::generate::score::{score_candidates, CandidateScore};
 use crate::generate::{
-    generate, generate_batch, BatchItem, GenerateOptions, Generated, GenerationConfig,
+    decode_loop, generate, generate_batch, BatchItem, GenerateOptions, Generated, GenerationConfig,
 };
 use crate::hub::{self, registry};
 use crate::model::linear::WeightFormat;
-use crate::model::{preprocess, Flamingo};
+use crate::model::{preprocess, Flamingo, SessionState};
 use crate::text::prompt::{answer, task_prompt, ShotText, Task, Templates};
 use crate::text::TextTokenizer;
 
@@ -25,6 +27,47 @@ pub struct Captioner {
     pub tokenizer: TextTokenizer,
     pub model_id: String,
     pub load_s: f64,
+    /// Reuse image latents and the prompt prefix between requests (on by default).
+    pub use_caches: bool,
+    caches: Mutex<PromptCaches>,
+}
+
+/// Image latents by image content, and the state after the last prompt prefix (everything
+/// before the query's `<image>`), so that a re-query with the same examples costs one image
+/// encode and the final prompt.
+#[derive(Default)]
+struct PromptCaches {
+    vision: HashMap<u64, Tensor>,
+    order: VecDeque<u64>,
+    prefix: Option<(Vec<u32>, Vec<u64>, SessionState)>,
+    stats: CacheStats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub vision_hits: u64,
+    pub vision_misses: u64,
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+}
+
+/// Latents of this many images are kept (each is num_latents × width floats: 256 KB for the
+/// released models).
+const VISION_CACHE_ENTRIES: usize = 64;
+
+fn content_key(img: &ImageInput) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match img {
+        ImageInput::Path(p) => std::fs::read(p)
+            .map_err(|e| Error::Image {
+                name: p.display().to_string(),
+                reason: e.to_string(),
+            })?
+            .hash(&mut h),
+        ImageInput::Bytes { bytes, .. } => bytes.hash(&mut h),
+    }
+    Ok(h.finish())
 }
 
 /// An image given as a file or as bytes already in memory (dropped, pasted, from a prompt set).
@@ -142,7 +185,121 @@ impl Captioner {
             tokenizer,
             model_id: spec.id.to_string(),
             load_s: t0.elapsed().as_secs_f64(),
+            use_caches: true,
+            caches: Mutex::new(PromptCaches::default()),
         })
+    }
+
+    /// How often the caches were used.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.caches.lock().map(|c| c.stats).unwrap_or_default()
+    }
+
+    /// Greedy or sampled decoding through the caches: latents of known images are reused, and
+    /// so is the state after an unchanged prompt prefix; only the query image is encoded and
+    /// only the final prompt is run. Gives the same tokens as without caches.
+    fn generate_cached(
+        &self,
+        req: &CaptionRequest,
+        prompt_ids: &[u32],
+        pixels: &Tensor,
+        opts: &GenerateOptions,
+        cancel: &AtomicBool,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Generated> {
+        opts.config.validate().map_err(Error::Prompt)?;
+        let needed = prompt_ids.len() + opts.config.max_new_tokens;
+        if needed > self.model.max_seq_len() {
+            return Err(Error::ContextTooLong {
+                needed,
+                limit: self.model.max_seq_len(),
+            });
+        }
+        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
+        images.push(&req.query);
+        let keys = images
+            .iter()
+            .map(|i| content_key(i))
+            .collect::<Result<Vec<_>>>()?;
+        let mut caches = self
+            .caches
+            .lock()
+            .map_err(|_| Error::Prompt("the cache lock was poisoned".into()))?;
+        let mut out = Generated::default();
+        let t0 = Instant::now();
+        let mut latents = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let lat = match caches.vision.get(k).cloned() {
+                Some(t) => {
+                    caches.stats.vision_hits += 1;
+                    t
+                }
+                None => {
+                    caches.stats.vision_misses += 1;
+                    let t = self.model.encode_images(&pixels.narrow(0, i, 1)?)?;
+                    caches.vision.insert(*k, t.clone());
+                    caches.order.push_back(*k);
+                    if caches.order.len() > VISION_CACHE_ENTRIES {
+                        if let Some(old) = caches.order.pop_front() {
+                            caches.vision.remove(&old);
+                        }
+                    }
+                    t
+                }
+            };
+            latents.push(lat);
+        }
+        out.timings.encode_s = t0.elapsed().as_secs_f64();
+        let media_id = self.tokenizer.media_id;
+        let split = prompt_ids.iter().rposition(|&t| t == media_id).unwrap_or(0);
+        let (prefix, suffix) = prompt_ids.split_at(split);
+        let n = latents.len();
+        let t1 = Instant::now();
+        let (mut session, logits) = if prefix.is_empty() || n < 2 {
+            let media = Tensor::cat(&latents, 0)?.unsqueeze(0)?;
+            let mut s = self.model.session(&media)?;
+            let l = s.forward(&[prompt_ids.to_vec()])?;
+            (s, l)
+        } else {
+            let hit = matches!(&caches.prefix, Some((ids, ks, _)) if ids == prefix && ks[..] == keys[..n - 1]);
+            let state = if hit {
+                caches.stats.prefix_hits += 1;
+                caches.prefix.as_ref().map(|(_, _, s)| s.clone())
+            } else {
+                None
+            };
+            let state = match state {
+                Some(s) => s,
+                None => {
+                    caches.stats.prefix_misses += 1;
+                    let media = Tensor::cat(&latents[..n - 1], 0)?.unsqueeze(0)?;
+                    let mut s = self.model.session(&media)?;
+                    s.forward(&[prefix.to_vec()])?;
+                    let st = s.state();
+                    caches.prefix = Some((prefix.to_vec(), keys[..n - 1].to_vec(), st.clone()));
+                    st
+                }
+            };
+            let mut s = self.model.resume(state);
+            s.add_images(&latents[n - 1].unsqueeze(0)?)?;
+            let l = s.forward(&[suffix.to_vec()])?;
+            (s, l)
+        };
+        drop(caches);
+        out.timings.prefill_s = t1.elapsed().as_secs_f64();
+        decode_loop(
+            &mut session,
+            &logits,
+            prompt_ids,
+            opts,
+            cancel,
+            &mut on_token,
+            &mut out,
+        )?;
+        Ok(out)
     }
 
     /// Preprocessed pixels [N, 3, S, S] of images, in order.
@@ -361,18 +518,23 @@ impl Captioner {
         } else {
             let mut stream = self.tokenizer.stream();
             let mut stream_err = None;
-            let generated = generate(
-                &self.model,
-                Some(&pixels),
-                &prompt_ids,
-                &opts,
-                cancel,
-                |id| match stream.push(id) {
-                    Ok(Some(chunk)) => on_text(&chunk),
-                    Ok(None) => {}
-                    Err(e) => stream_err = Some(e),
-                },
-            )?;
+            let on_token = |id| match stream.push(id) {
+                Ok(Some(chunk)) => on_text(&chunk),
+                Ok(None) => {}
+                Err(e) => stream_err = Some(e),
+            };
+            let generated = if self.use_caches {
+                self.generate_cached(req, &prompt_ids, &pixels, &opts, cancel, on_token)?
+            } else {
+                generate(
+                    &self.model,
+                    Some(&pixels),
+                    &prompt_ids,
+                    &opts,
+                    cancel,
+                    on_token,
+                )?
+            };
             if let Some(e) = stream_err {
                 return Err(e);
             }

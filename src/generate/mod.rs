@@ -87,8 +87,32 @@ pub fn generate(
     let mut session = model.session(&media)?;
     let t1 = Instant::now();
     let logits = session.forward(&[prompt_ids.to_vec()])?;
-    let mut row = last_row(&logits)?;
     out.timings.prefill_s = t1.elapsed().as_secs_f64();
+    decode_loop(
+        &mut session,
+        &logits,
+        prompt_ids,
+        opts,
+        cancel,
+        &mut on_token,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// The decoding loop after a prefill: `logits` are the prefill's, `prompt_ids` the whole
+/// prompt (for the repetition rules). Fills `out.tokens`, logits and decode timings.
+pub fn decode_loop(
+    session: &mut crate::model::Session<'_>,
+    logits: &Tensor,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    cancel: &AtomicBool,
+    on_token: &mut impl FnMut(u32),
+    out: &mut Generated,
+) -> Result<()> {
+    let cfg = &opts.config;
+    let mut row = last_row(logits)?;
     let t2 = Instant::now();
     let mut rng = logits::Rng::new(cfg.seed);
     let mut seq = prompt_ids.to_vec();
@@ -116,7 +140,7 @@ pub fn generate(
     }
     out.timings.decode_s = t2.elapsed().as_secs_f64();
     out.timings.decode_tokens = out.tokens.len();
-    Ok(out)
+    Ok(())
 }
 
 /// Latents [1, T_img, L, D] of a prompt's images, encoded one by one so that a cancel is seen

@@ -131,21 +131,24 @@ impl Flamingo {
             .collect::<Result<Vec<_>>>()?;
         Ok(Session {
             model: self,
-            media_kv,
-            caches: vec![LayerCache::default(); self.lm.n_layers()],
-            images_seen: vec![0; b],
-            key_mask: vec![Vec::new(); b],
-            n_images: t_img,
-            n_latents: l,
-            batch: b,
+            st: SessionState {
+                media_kv,
+                caches: vec![LayerCache::default(); self.lm.n_layers()],
+                images_seen: vec![0; b],
+                key_mask: vec![Vec::new(); b],
+                n_images: t_img,
+                n_latents: l,
+                batch: b,
+            },
         })
     }
 }
 
-/// The state of one prompt being decoded: media keys/values, KV caches, image counts.
+/// The state of one prompt being decoded: media keys/values, KV caches, image counts. It owns
+/// its tensors, so it can be kept (a prompt prefix) and resumed later with
+/// [`Flamingo::resume`].
 #[derive(Clone)]
-pub struct Session<'a> {
-    model: &'a Flamingo,
+pub struct SessionState {
     media_kv: Vec<Option<MediaKv>>,
     caches: Vec<LayerCache>,
     images_seen: Vec<u32>,
@@ -155,10 +158,27 @@ pub struct Session<'a> {
     batch: usize,
 }
 
+/// A session: a state and the model it runs on.
+#[derive(Clone)]
+pub struct Session<'a> {
+    model: &'a Flamingo,
+    st: SessionState,
+}
+
+impl Flamingo {
+    /// Continues a kept state.
+    pub fn resume(&self, state: SessionState) -> Session<'_> {
+        Session {
+            model: self,
+            st: state,
+        }
+    }
+}
+
 impl Session<'_> {
     /// Tokens processed so far.
     pub fn len(&self) -> usize {
-        self.caches.first().map(|c| c.len()).unwrap_or(0)
+        self.st.caches.first().map(|c| c.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,11 +193,11 @@ impl Session<'_> {
         pad: Option<&[Vec<bool>]>,
     ) -> Result<Tensor> {
         let m = self.model;
-        if ids.len() != self.batch {
+        if ids.len() != self.st.batch {
             return Err(Error::Prompt(format!(
                 "batch of {} rows for a session of {}",
                 ids.len(),
-                self.batch
+                self.st.batch
             )));
         }
         let t = ids.first().map(|r| r.len()).unwrap_or(0);
@@ -202,37 +222,65 @@ impl Session<'_> {
         // Cross-attention times continue from the images already seen (cached media).
         let times: Vec<Vec<u32>> = ids
             .iter()
-            .zip(self.images_seen.iter_mut())
+            .zip(self.st.images_seen.iter_mut())
             .map(|(row, seen)| {
                 let tt = xattn::text_time(row, m.media_id, *seen);
                 *seen = tt.last().copied().unwrap_or(*seen);
                 tt
             })
             .collect();
-        for (b, row) in self.key_mask.iter_mut().enumerate() {
+        for (b, row) in self.st.key_mask.iter_mut().enumerate() {
             match pad {
                 Some(p) => row.extend(p[b].iter().map(|&is_pad| !is_pad)),
                 None => row.extend(std::iter::repeat_n(true, t)),
             }
         }
-        let any_pad = self.key_mask.iter().flatten().any(|&k| !k);
-        let mask = MediaMask::new(&times, self.n_images, self.n_latents, &m.device)?;
+        let any_pad = self.st.key_mask.iter().flatten().any(|&k| !k);
+        let mask = MediaMask::new(&times, self.st.n_images, self.st.n_latents, &m.device)?;
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let ids_t = Tensor::from_vec(flat, (self.batch, t), &m.device)?;
+        let ids_t = Tensor::from_vec(flat, (self.st.batch, t), &m.device)?;
         let bias = m.lm.attn_bias(
             past,
             t,
-            any_pad.then_some(self.key_mask.as_slice()),
+            any_pad.then_some(self.st.key_mask.as_slice()),
             &m.device,
         )?;
         let mut x = m.lm.embed(&ids_t)?;
-        for (i, cache) in self.caches.iter_mut().enumerate() {
-            if let (Some(xa), Some(kv)) = (&m.xattn[i], &self.media_kv[i]) {
+        for (i, cache) in self.st.caches.iter_mut().enumerate() {
+            if let (Some(xa), Some(kv)) = (&m.xattn[i], &self.st.media_kv[i]) {
                 x = xa.forward(&x, kv, &mask)?;
             }
             x = m.lm.block(i, &x, &bias, cache)?;
         }
         m.lm.logits(&x)
+    }
+
+    /// The state, to keep and resume later.
+    pub fn state(&self) -> SessionState {
+        self.st.clone()
+    }
+
+    /// Adds images after the ones the session has: `latents` [B, n, L, Dv]. Tokens that come
+    /// later can attend to them; earlier tokens are unaffected (they never attend to later
+    /// images).
+    pub fn add_images(&mut self, latents: &Tensor) -> Result<()> {
+        let (b, n, l, dv) = latents.dims4()?;
+        if b != self.st.batch || (self.st.n_images > 0 && l != self.st.n_latents) {
+            return Err(Error::Prompt(
+                "added images do not match the session".into(),
+            ));
+        }
+        let flat = latents
+            .reshape((b, n * l, dv))?
+            .to_device(&self.model.device)?;
+        for (x, kv) in self.model.xattn.iter().zip(self.st.media_kv.iter_mut()) {
+            if let (Some(x), Some(kv)) = (x, kv) {
+                kv.append(x.media_kv(&flat)?)?;
+            }
+        }
+        self.st.n_images += n;
+        self.st.n_latents = l;
+        Ok(())
     }
 
     /// Keeps (and repeats) batch rows: row i of the result is row `rows[i]` now. Used to expand
@@ -244,15 +292,15 @@ impl Session<'_> {
             rows.len(),
             dev,
         )?;
-        for c in &mut self.caches {
+        for c in &mut self.st.caches {
             c.select_rows(&idx)?;
         }
-        for kv in self.media_kv.iter_mut().flatten() {
+        for kv in self.st.media_kv.iter_mut().flatten() {
             kv.select_rows(&idx)?;
         }
-        self.images_seen = rows.iter().map(|&r| self.images_seen[r]).collect();
-        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
-        self.batch = rows.len();
+        self.st.images_seen = rows.iter().map(|&r| self.st.images_seen[r]).collect();
+        self.st.key_mask = rows.iter().map(|&r| self.st.key_mask[r].clone()).collect();
+        self.st.batch = rows.len();
         Ok(())
     }
 

@@ -73,6 +73,13 @@ pub struct MediaKv {
 }
 
 impl MediaKv {
+    /// Appends the keys/values of later images.
+    pub(crate) fn append(&mut self, later: MediaKv) -> Result<()> {
+        self.k = Tensor::cat(&[&self.k, &later.k], 2)?;
+        self.v = Tensor::cat(&[&self.v, &later.v], 2)?;
+        Ok(())
+    }
+
     pub(crate) fn select_rows(&mut self, idx: &Tensor) -> Result<()> {
         self.k = self.k.index_select(idx, 0)?;
         self.v = self.v.index_select(idx, 0)?;

@@ -1,0 +1,120 @@
+//! The image-latent and prompt-prefix caches give the same tokens as no caches, are used when
+//! only the query changes, and are not used when examples, their order or captions change.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use flamingo::pipeline::{CacheStats, CaptionRequest, Captioner, ImageInput, Shot};
+use flamingo::text::prompt::{ShotText, Task, Templates};
+
+fn request(shots: &[(&str, &str)], query: &str) -> CaptionRequest {
+    CaptionRequest {
+        task: Task::Caption,
+        shots: shots
+            .iter()
+            .map(|(i, c)| Shot {
+                image: ImageInput::Path(fixtures().join("images").join(i)),
+                text: ShotText {
+                    caption: c.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect(),
+        query: ImageInput::Path(fixtures().join("images").join(query)),
+        question: String::new(),
+        templates: Templates::default(),
+        generation: flamingo::generate::GenerationConfig {
+            max_new_tokens: 6,
+            ..Default::default()
+        },
+        keep_logits: true,
+    }
+}
+
+#[test]
+fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
+    let cached =
+        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    let mut plain =
+        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    plain.use_caches = false;
+    let cancel = AtomicBool::new(false);
+    let two = [
+        ("chelsea.png", "A cat lying on a rug."),
+        ("coffee.png", "A cup of coffee on a table."),
+    ];
+    let steps: Vec<(CaptionRequest, CacheStats)> = vec![
+        // First request: everything computed.
+        (
+            request(&two, "astronaut.png"),
+            CacheStats {
+                vision_hits: 0,
+                vision_misses: 3,
+                prefix_hits: 0,
+                prefix_misses: 1,
+            },
+        ),
+        // Only the query changed: both example latents and the prefix are reused.
+        (
+            request(&two, "rocket.jpg"),
+            CacheStats {
+                vision_hits: 2,
+                vision_misses: 4,
+                prefix_hits: 1,
+                prefix_misses: 1,
+            },
+        ),
+        // A caption changed: the prefix is recomputed; the images are still known.
+        (
+            request(&[two[0], ("coffee.png", "Coffee.")], "rocket.jpg"),
+            CacheStats {
+                vision_hits: 5,
+                vision_misses: 4,
+                prefix_hits: 1,
+                prefix_misses: 2,
+            },
+        ),
+        // The order changed: the prefix is recomputed.
+        (
+            request(&[two[1], two[0]], "rocket.jpg"),
+            CacheStats {
+                vision_hits: 8,
+                vision_misses: 4,
+                prefix_hits: 1,
+                prefix_misses: 3,
+            },
+        ),
+        // Zero-shot: no prefix images.
+        (
+            request(&[], "astronaut.png"),
+            CacheStats {
+                vision_hits: 9,
+                vision_misses: 4,
+                prefix_hits: 1,
+                prefix_misses: 3,
+            },
+        ),
+    ];
+    for (i, (req, want)) in steps.iter().enumerate() {
+        let a = cached.caption(req, &cancel, |_| {}).unwrap();
+        let b = plain.caption(req, &cancel, |_| {}).unwrap();
+        assert_eq!(
+            a.generated.tokens, b.generated.tokens,
+            "request {i}: tokens"
+        );
+        for (x, y) in a.generated.step_logits.iter().zip(&b.generated.step_logits) {
+            let x = Tensor::new(x.as_slice(), &Device::Cpu).unwrap();
+            let y = Tensor::new(y.as_slice(), &Device::Cpu).unwrap();
+            assert_close(&format!("request {i}: step logits"), &x, &y, 1e-4);
+        }
+        assert_eq!(cached.cache_stats(), *want, "request {i}: cache use");
+    }
+    // The first request is the reference's 2-shot case.
+    let want = reference_json("every1_twoshot.json");
+    let first = cached.caption(&steps[0].0, &cancel, |_| {}).unwrap();
+    assert_eq!(first.generated.tokens, ids(&want["generated_token_ids"]));
+    assert_eq!(plain.cache_stats(), CacheStats::default());
+}
