@@ -392,3 +392,20 @@ fn batch_prints_one_json_line_per_image() {
     // One image failed: the exit code says so.
     assert!(!out.status.success());
 }
+
+#[test]
+fn models_lists_the_registry_and_the_cache() {
+    let v = run_json(&["models", "--json"]);
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 6);
+    let default = models
+        .iter()
+        .find(|m| m["id"] == flamingo::hub::DEFAULT_MODEL)
+        .unwrap();
+    assert_eq!(default["cached"], true);
+    assert_eq!(default["runs"], true);
+    assert!(default["bytes_on_disk"].as_u64().unwrap() > 1_000_000);
+    let llama = models.iter().find(|m| m["family"] == "Llama").unwrap();
+    assert_eq!(llama["runs"], false);
+    assert_eq!(llama["cached"], false);
+}

@@ -34,6 +34,11 @@ pub enum Command {
     App(AppArgs),
     /// Caption QUERY_IMAGE, optionally after example images with their captions.
     Caption(Box<CaptionArgs>),
+    /// The released models: family, whether this version runs them, what is in the cache.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
     /// Rank candidate texts by their log-likelihood after the prompt.
     Score(Box<ScoreArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
@@ -251,6 +256,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Caption(a)) => caption(*a),
         Some(Command::Score(a)) => score(*a),
+        Some(Command::Models { json }) => models(json),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
@@ -289,6 +295,55 @@ impl PromptArgs {
         let captioner = Captioner::load_with(&crate::hub::cache_dir(), &self.model, &device, fmt)?;
         Ok((req, captioner))
     }
+}
+
+fn models(json: bool) -> anyhow::Result<()> {
+    let cache = crate::hub::cache_dir();
+    let rows: Vec<serde_json::Value> = crate::hub::registry::MODELS
+        .iter()
+        .map(|m| {
+            let complete = crate::hub::resolve_in(&cache, m).is_ok();
+            let bytes: u64 = [m.checkpoint_repo, m.lm_repo, m.clip_repo]
+                .iter()
+                .map(|r| crate::hub::repo_bytes(&cache, r))
+                .sum();
+            serde_json::json!({
+                "id": m.id, "family": m.family, "runs": m.family.supported(),
+                "cross_attn_every": m.cross_attn_every, "download_gb": m.download_gb,
+                "cached": complete, "bytes_on_disk": bytes,
+            })
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"cache": cache, "models": rows}))?
+        );
+        return Ok(());
+    }
+    println!("Hugging Face cache: {}", cache.display());
+    for r in rows {
+        println!(
+            "{:<55} {:<10} {:<8} ~{:>4.1} GB  {}",
+            r["id"].as_str().unwrap_or(""),
+            r["family"].as_str().unwrap_or(""),
+            if r["runs"].as_bool() == Some(true) {
+                "runs"
+            } else {
+                "not yet"
+            },
+            r["download_gb"].as_f64().unwrap_or(0.0),
+            if r["cached"].as_bool() == Some(true) {
+                format!(
+                    "cached ({:.2} GB on disk)",
+                    r["bytes_on_disk"].as_u64().unwrap_or(0) as f64 / 1e9
+                )
+            } else {
+                "not downloaded".to_string()
+            }
+        );
+    }
+    Ok(())
 }
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {

@@ -37,6 +37,18 @@ pub fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
     cache.join(format!("models--{}", repo.replace('/', "--")))
 }
 
+/// Bytes of a repo's blobs in the cache (0 when absent).
+pub fn repo_bytes(cache: &Path, repo: &str) -> u64 {
+    std::fs::read_dir(repo_folder(cache, repo).join("blobs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// A file of a repo in the cache: the snapshot `refs/main` points at, else any snapshot
 /// holding it (newest first).
 pub fn cached_file(cache: &Path, repo: &str, file: &str) -> Option<PathBuf> {
