@@ -30,6 +30,7 @@ fn harness(data_dir: &Path) -> Harness<'static, FlamingoApp> {
         hub_cache: Some(hub("hf")),
         autoload: true,
         model_id: None,
+        weights: None,
         stable_for_snapshots: true,
     };
     Harness::builder()
@@ -274,6 +275,7 @@ fn without_a_model_it_says_what_to_do() {
         hub_cache: Some(empty.clone()),
         autoload: true,
         model_id: None,
+        weights: None,
         stable_for_snapshots: true,
     };
     let mut h = Harness::builder()

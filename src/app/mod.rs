@@ -193,6 +193,8 @@ pub struct AppOptions {
     pub autoload: bool,
     /// Overrides the persisted model id.
     pub model_id: Option<String>,
+    /// Overrides the persisted weight format.
+    pub weights: Option<crate::model::linear::WeightFormat>,
     /// Hide what changes from run to run (timings, memory) so screenshots compare.
     pub stable_for_snapshots: bool,
 }
@@ -229,6 +231,9 @@ impl FlamingoApp {
             .unwrap_or_default();
         if let Some(m) = &opts.model_id {
             settings.model_id = m.clone();
+        }
+        if let Some(w) = opts.weights {
+            settings.weights = w;
         }
         let data_dir = opts
             .data_dir

@@ -56,6 +56,9 @@ pub struct AppArgs {
     /// Do not load the model at start.
     #[arg(long)]
     pub no_autoload: bool,
+    /// Weight format to load the model in (default: the last one used).
+    #[arg(long, value_parser = ["f32", "f16", "q8_0", "q4k"])]
+    pub weights: Option<String>,
 }
 
 /// What makes the prompt: the model, the examples, the query, the task and the templates.
@@ -269,6 +272,7 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
         hub_cache: None,
         autoload: !a.no_autoload,
         model_id: a.model,
+        weights: a.weights.as_deref().and_then(WeightFormat::parse),
         stable_for_snapshots: false,
     })
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
