@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::generate::beam::{beam_search, BeamConfig};
 use crate::generate::score::{score_candidates, CandidateScore};
 use crate::generate::{
-    decode_loop, generate, generate_batch, BatchItem, GenerateOptions, Generated, GenerationConfig,
+    check_budget, decode_loop, generate, generate_batch, BatchItem, GenerateOptions, Generated,
+    GenerationConfig,
 };
 use crate::hub::{self, registry};
 use crate::model::linear::WeightFormat;
@@ -207,14 +208,7 @@ impl Captioner {
         cancel: &AtomicBool,
         mut on_token: impl FnMut(u32),
     ) -> Result<Generated> {
-        opts.config.validate().map_err(Error::Prompt)?;
-        let needed = prompt_ids.len() + opts.config.max_new_tokens;
-        if needed > self.model.max_seq_len() {
-            return Err(Error::ContextTooLong {
-                needed,
-                limit: self.model.max_seq_len(),
-            });
-        }
+        check_budget(&self.model, prompt_ids.len(), &opts.config)?;
         let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
         images.push(&req.query);
         let keys = images

@@ -73,14 +73,7 @@ pub fn generate(
         )));
     }
     let cfg = &opts.config;
-    cfg.validate().map_err(Error::Prompt)?;
-    let needed = prompt_ids.len() + cfg.max_new_tokens;
-    if needed > model.max_seq_len() {
-        return Err(Error::ContextTooLong {
-            needed,
-            limit: model.max_seq_len(),
-        });
-    }
+    check_budget(model, prompt_ids.len(), cfg)?;
     let t0 = Instant::now();
     let media = encode_media(model, pixels, cancel)?;
     out.timings.encode_s = t0.elapsed().as_secs_f64();
@@ -98,6 +91,20 @@ pub fn generate(
         &mut out,
     )?;
     Ok(out)
+}
+
+/// The options are valid and a prompt of `prompt_len` tokens plus the new tokens fits the
+/// model's context.
+pub fn check_budget(model: &Flamingo, prompt_len: usize, cfg: &GenerationConfig) -> Result<()> {
+    cfg.validate().map_err(Error::Prompt)?;
+    let needed = prompt_len + cfg.max_new_tokens;
+    if needed > model.max_seq_len() {
+        return Err(Error::ContextTooLong {
+            needed,
+            limit: model.max_seq_len(),
+        });
+    }
+    Ok(())
 }
 
 /// The decoding loop after a prefill: `logits` are the prefill's, `prompt_ids` the whole
