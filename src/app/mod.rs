@@ -367,7 +367,6 @@ impl FlamingoApp {
     pub fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::AddImages { sources, to } => {
-                let n = sources.len();
                 for (i, s) in sources.into_iter().enumerate() {
                     // Several files dropped on the query area: the first is the query, the
                     // rest become examples.
@@ -382,7 +381,6 @@ impl FlamingoApp {
                     self.loading_images += 1;
                     self.loader.submit(s, target);
                 }
-                let _ = n;
             }
             Command::RemoveExample(id) => {
                 self.ws.examples.retain(|e| e.id != id);
@@ -911,6 +909,12 @@ impl FlamingoApp {
 
 /// Opens the window. `hub_cache` and `model_id` come from the command line.
 pub fn run_native(opts: AppOptions) -> eframe::Result<()> {
+    // Where the window is drawn by Mesa's software rasterizer (VMs, remote desktops, Xvfb), its
+    // threads would compete with the model for every core and stall frames; one is plenty for
+    // this UI. A GPU driver ignores the variable, and a user's own setting wins.
+    if std::env::var_os("LP_NUM_THREADS").is_none() {
+        std::env::set_var("LP_NUM_THREADS", "1");
+    }
     let icon = eframe::icon_data::from_png_bytes(samples::ICON_PNG).ok();
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Flamingo — few-shot captioning")

@@ -43,7 +43,7 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file"));
     }
-    let (hlen, start) = if bytes[6] == 1 {
+    let (hlen, start) = if bytes[6] == 1 || bytes.len() < 12 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
         (
@@ -51,6 +51,9 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
             12,
         )
     };
+    if bytes.len() < start + hlen {
+        return Err(bad("truncated header"));
+    }
     let header = std::str::from_utf8(&bytes[start..start + hlen]).map_err(|_| bad("bad header"))?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
         return Err(bad("only little-endian f32 C-order arrays are supported"));
