@@ -127,42 +127,34 @@ fn empty_cache_is_a_clear_error() {
     assert!(out.stdout.is_empty());
 }
 
+/// Runs `flamingo ARGS…` with the fixture cache; it must fail. Returns its stderr.
+fn failing(args: &[&std::ffi::OsStr]) -> String {
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_image_and_bad_template_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("query.jpg");
     std::fs::write(&bad, b"not a jpeg").unwrap();
-    let out = flamingo()
-        .env("HF_HOME", fixtures().join("hf"))
-        .arg("caption")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(&["caption".as_ref(), bad.as_os_str()]);
     assert!(err.contains("query.jpg"), "{err}");
 
-    let out = flamingo()
-        .env("HF_HOME", fixtures().join("hf"))
-        .args(["caption", "--zeroshot-template", "Output:"])
-        .arg(img("astronaut.png"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let q = img("astronaut.png");
+    let err = failing(&["caption", "--zeroshot-template", "Output:", &q].map(|a| a.as_ref()));
     assert!(err.contains("<image>"), "{err}");
 }
 
 #[test]
 fn prompt_past_the_context_is_refused() {
-    let out = flamingo()
-        .env("HF_HOME", fixtures().join("hf"))
-        .args(["caption", "--max-new-tokens", "5000"])
-        .arg(img("astronaut.png"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let q = img("astronaut.png");
+    let err = failing(&["caption", "--max-new-tokens", "5000", &q].map(|a| a.as_ref()));
     assert!(err.contains("context"), "{err}");
 }
 

@@ -40,17 +40,22 @@ fn case_pixels(info: &serde_json::Value) -> Tensor {
     Tensor::stack(&ts, 0).unwrap()
 }
 
-fn check_case(l: &Loaded, tag: &str) {
-    let info = reference_json(&format!("{tag}.json"));
-    let r = reference(&format!("{tag}.safetensors"));
-    // Prompt built from our templates and tokenised by our tokenizer.
+/// The caption prompt of a reference case, built from our templates and its shots' captions.
+fn prompt_of(info: &serde_json::Value) -> String {
     let captions: Vec<&str> = info["shots"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["caption"].as_str().unwrap())
         .collect();
-    let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
+    caption_prompt(&Templates::default(), &captions).unwrap()
+}
+
+fn check_case(l: &Loaded, tag: &str) {
+    let info = reference_json(&format!("{tag}.json"));
+    let r = reference(&format!("{tag}.safetensors"));
+    // Prompt built from our templates and tokenised by our tokenizer.
+    let prompt = prompt_of(&info);
     assert_eq!(
         prompt,
         info["prompt"].as_str().unwrap(),
@@ -160,13 +165,7 @@ fn special_token_ids_match_open_flamingo() {
 
 fn check_scores(l: &Loaded, tag: &str) {
     let info = reference_json(&format!("{tag}.json"));
-    let captions: Vec<&str> = info["shots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["caption"].as_str().unwrap())
-        .collect();
-    let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
+    let prompt = prompt_of(&info);
     assert_eq!(prompt, info["prompt"].as_str().unwrap());
     let prompt_ids = l.tok.encode(&prompt).unwrap();
     let cands = info["candidates"].as_array().unwrap();
@@ -224,13 +223,7 @@ fn check_beams(l: &Loaded, file: &str) {
     use flamingo::generate::beam::{beam_search, BeamConfig, EarlyStopping};
     let cases = reference_json(file);
     for c in cases.as_array().unwrap() {
-        let captions: Vec<&str> = c["shots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["caption"].as_str().unwrap())
-            .collect();
-        let prompt = caption_prompt(&Templates::default(), &captions).unwrap();
+        let prompt = prompt_of(c);
         assert_eq!(prompt, c["prompt"].as_str().unwrap());
         let early = match &c["early_stopping"] {
             serde_json::Value::Bool(true) => EarlyStopping::True,
