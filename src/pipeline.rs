@@ -56,6 +56,13 @@ pub struct CacheStats {
 /// released models).
 const VISION_CACHE_ENTRIES: usize = 64;
 
+/// The images of a request in prompt order: the examples', then the query.
+fn request_images(req: &CaptionRequest) -> Vec<&ImageInput> {
+    let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
+    images.push(&req.query);
+    images
+}
+
 fn content_key(img: &ImageInput) -> Result<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -203,14 +210,12 @@ impl Captioner {
         &self,
         req: &CaptionRequest,
         prompt_ids: &[u32],
-        pixels: &Tensor,
         opts: &GenerateOptions,
         cancel: &AtomicBool,
         mut on_token: impl FnMut(u32),
     ) -> Result<Generated> {
         check_budget(&self.model, prompt_ids.len(), &opts.config)?;
-        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
-        images.push(&req.query);
+        let images = request_images(req);
         let keys = images
             .iter()
             .map(|i| content_key(i))
@@ -233,7 +238,8 @@ impl Captioner {
                 }
                 None => {
                     caches.stats.vision_misses += 1;
-                    let t = self.model.encode_images(&pixels.narrow(0, i, 1)?)?;
+                    // Only images not seen before are decoded and resized.
+                    let t = self.model.encode_images(&self.pixels(&images[i..i + 1])?)?;
                     caches.vision.insert(*k, t.clone());
                     caches.order.push_back(*k);
                     if caches.order.len() > VISION_CACHE_ENTRIES {
@@ -320,7 +326,8 @@ impl Captioner {
         candidates: &[String],
         cancel: &AtomicBool,
     ) -> Result<Vec<(String, CandidateScore)>> {
-        let (prompt_ids, pixels) = self.prompt_and_pixels(req)?.1;
+        let prompt_ids = self.checked_prompt(req)?.1;
+        let pixels = self.pixels(&request_images(req))?;
         let ids = candidates
             .iter()
             .map(|c| self.tokenizer.encode_plain(c))
@@ -474,12 +481,11 @@ impl Captioner {
         Ok((generated, beams))
     }
 
-    /// The prompt text, its ids and the pixels of its images (examples, then the query).
-    fn prompt_and_pixels(&self, req: &CaptionRequest) -> Result<(String, (Vec<u32>, Tensor))> {
+    /// The prompt text and its ids, checked to hold one `<image>` per image.
+    fn checked_prompt(&self, req: &CaptionRequest) -> Result<(String, Vec<u32>)> {
         let prompt = req.prompt()?;
         let prompt_ids = self.tokenizer.encode(&prompt)?;
-        let mut images: Vec<&ImageInput> = req.shots.iter().map(|s| &s.image).collect();
-        images.push(&req.query);
+        let images = request_images(req);
         let markers = prompt_ids
             .iter()
             .filter(|&&t| t == self.tokenizer.media_id)
@@ -490,8 +496,7 @@ impl Captioner {
                 images.len()
             )));
         }
-        let pixels = self.pixels(&images)?;
-        Ok((prompt, (prompt_ids, pixels)))
+        Ok((prompt, prompt_ids))
     }
 
     pub fn caption(
@@ -500,7 +505,7 @@ impl Captioner {
         cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<CaptionResult> {
-        let (prompt, (prompt_ids, pixels)) = self.prompt_and_pixels(req)?;
+        let (prompt, prompt_ids) = self.checked_prompt(req)?;
         let opts = GenerateOptions {
             config: req.generation.clone(),
             eos_id: self.tokenizer.eoc_id,
@@ -508,7 +513,12 @@ impl Captioner {
             keep_logits: req.keep_logits,
         };
         let (generated, beams) = if req.generation.num_beams > 1 {
-            self.beam(req, &prompt_ids, &pixels, cancel)?
+            self.beam(
+                req,
+                &prompt_ids,
+                &self.pixels(&request_images(req))?,
+                cancel,
+            )?
         } else {
             let mut stream = self.tokenizer.stream();
             let mut stream_err = None;
@@ -518,11 +528,11 @@ impl Captioner {
                 Err(e) => stream_err = Some(e),
             };
             let generated = if self.use_caches {
-                self.generate_cached(req, &prompt_ids, &pixels, &opts, cancel, on_token)?
+                self.generate_cached(req, &prompt_ids, &opts, cancel, on_token)?
             } else {
                 generate(
                     &self.model,
-                    Some(&pixels),
+                    Some(&self.pixels(&request_images(req))?),
                     &prompt_ids,
                     &opts,
                     cancel,
