@@ -36,6 +36,8 @@ pub enum Error {
         "the prompt and the tokens to generate need {needed} tokens, but the model's context holds {limit}"
     )]
     ContextTooLong { needed: usize, limit: usize },
+    #[error("download: {0}")]
+    Download(String),
     #[error("cancelled")]
     Cancelled,
     #[error("I/O error on {path}: {source}")]

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod generate;
 pub mod hub;
 pub mod model;

@@ -153,14 +153,35 @@ impl Captioner {
         Self::load_with(cache, model_id, device, WeightFormat::F32)
     }
 
-    /// Loads a model and converts its linear layers to `format`.
+    /// Loads a model from the cache (no network) and converts its linear layers to `format`.
     pub fn load_with(
         cache: &std::path::Path,
         model_id: &str,
         device: &Device,
         format: WeightFormat,
     ) -> Result<Self> {
-        let t0 = Instant::now();
+        let spec = Self::spec(model_id)?;
+        let files = hub::resolve_in(cache, spec)?;
+        Self::from_files(spec, files, device, format)
+    }
+
+    /// Like [`Captioner::load_with`], but first downloads what the cache lacks (unless
+    /// `HF_HUB_OFFLINE` is set), reporting progress to `observer`; `cancel` stops a download.
+    pub fn load_or_download(
+        opts: &hub::download::DownloadOptions,
+        model_id: &str,
+        device: &Device,
+        format: WeightFormat,
+        cancel: &std::sync::atomic::AtomicBool,
+        observer: &mut dyn FnMut(hub::download::DownloadEvent),
+    ) -> Result<Self> {
+        let spec = Self::spec(model_id)?;
+        let files = hub::download::ensure_model(spec, opts, cancel, observer)?;
+        Self::from_files(spec, files, device, format)
+    }
+
+    /// A registered model this version can run.
+    pub fn spec(model_id: &str) -> Result<&'static registry::ModelSpec> {
         let spec = registry::find(model_id).ok_or_else(|| {
             Error::Prompt(format!(
                 "unknown model `{model_id}`; known: {}",
@@ -177,7 +198,21 @@ impl Captioner {
                 spec.id, spec.family
             )));
         }
-        let files = hub::resolve_in(cache, spec)?;
+        Ok(spec)
+    }
+
+    /// Builds the captioner from resolved files. Pickled weights go through the app's
+    /// converted-weights cache unless `files.convert` is already set.
+    pub fn from_files(
+        spec: &registry::ModelSpec,
+        mut files: crate::model::loader::ModelFiles,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        let t0 = Instant::now();
+        if files.convert.is_none() && std::env::var_os("FLAMINGO_NO_CONVERTED_CACHE").is_none() {
+            files.convert = Some(crate::model::converted::ConvertCache::default_location());
+        }
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
         let mut model = Flamingo::load(&files, tokenizer.media_id, device)?;
         model.convert_weights(format)?;

@@ -53,6 +53,8 @@ pub enum Command {
     Score,
     Stop,
     LoadModel(String),
+    /// Stop the model's download (what is complete stays in the cache).
+    CancelDownload,
     NewSet,
     PickImages(DropTarget),
     /// An image (bitmap) or image file paths from the clipboard.
@@ -62,6 +64,77 @@ pub enum Command {
     OpenSet(PathBuf),
     SaveSet(PathBuf),
     DismissMessage(usize),
+}
+
+/// What the download view shows, folded from the engine's download events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DownloadView {
+    /// Files missing from the cache when the download began.
+    pub missing: Vec<String>,
+    pub label: String,
+    pub file_index: usize,
+    pub file_count: usize,
+    pub file_done: u64,
+    pub file_total: u64,
+    pub bytes_per_s: f64,
+    pub eta_s: Option<f64>,
+    /// "verifying …", "retrying …" while that happens.
+    pub note: Option<String>,
+}
+
+impl DownloadView {
+    pub fn apply(&mut self, e: crate::hub::download::DownloadEvent) {
+        use crate::hub::download::DownloadEvent as D;
+        match e {
+            D::Plan { missing } => {
+                self.file_count = missing.len();
+                self.missing = missing;
+            }
+            D::FileStarted { label, bytes } => {
+                self.label = label;
+                self.file_total = bytes;
+                self.file_done = 0;
+                self.note = None;
+            }
+            D::Progress(p) => {
+                self.label = p.label;
+                self.file_index = p.file_index;
+                self.file_count = p.file_count;
+                self.file_done = p.file_done;
+                self.file_total = p.file_total;
+                self.bytes_per_s = p.bytes_per_s;
+                self.eta_s = p.eta_s;
+                self.note = None;
+            }
+            D::Verifying { label } => self.note = Some(format!("checking {label}")),
+            D::Retrying {
+                label,
+                attempt,
+                reason,
+            } => self.note = Some(format!("{label}: {reason}; attempt {attempt}")),
+            D::FileDone { .. } | D::Finished { .. } => self.note = None,
+        }
+    }
+
+    /// One line: file, bytes, rate, time left.
+    pub fn summary(&self) -> String {
+        use crate::hub::download::{human_bytes, human_secs};
+        let name = self.label.rsplit('/').next().unwrap_or(&self.label);
+        let mut s = format!(
+            "Downloading {name} ({}/{}): {} of {}",
+            self.file_index.max(1),
+            self.file_count.max(1),
+            human_bytes(self.file_done),
+            human_bytes(self.file_total)
+        );
+        if self.bytes_per_s > 0.0 {
+            s.push_str(&format!(", {}/s", human_bytes(self.bytes_per_s as u64)));
+        }
+        if let Some(eta) = self.eta_s {
+            s.push_str(&format!(", {} left", human_secs(eta)));
+        }
+        s
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -203,6 +276,8 @@ pub struct FlamingoApp {
     pub settings: Settings,
     pub ws: WorkingSet,
     pub model: ModelState,
+    /// Progress of the model's download while it is fetched (not persisted).
+    pub download: Option<DownloadView>,
     pub output: Output,
     pub messages: Vec<Message>,
     pub frames: FrameStats,
@@ -263,6 +338,7 @@ impl FlamingoApp {
             settings,
             ws: WorkingSet::new(),
             model: ModelState::NotLoaded,
+            download: None,
             output: Output::default(),
             messages: Vec::new(),
             frames: FrameStats::default(),
@@ -414,7 +490,7 @@ impl FlamingoApp {
             }
             Command::Generate => self.generate(),
             Command::Score => self.score(),
-            Command::Stop => self.engine.cancel(),
+            Command::Stop | Command::CancelDownload => self.engine.cancel(),
             Command::LoadModel(id) => {
                 self.settings.model_id = id.clone();
                 self.model = ModelState::Loading(id.clone());
@@ -677,12 +753,15 @@ impl FlamingoApp {
         let mine = |job: JobId, out: &Output| out.job == Some(job);
         match ev {
             Event::Loading { model_id } => self.model = ModelState::Loading(model_id),
+            Event::Download(e) => self.download.get_or_insert_default().apply(e),
             Event::Loaded { info, tokenizer } => {
+                self.download = None;
                 self.model = ModelState::Ready(info);
                 self.tokenizer = Some(tokenizer);
                 self.token_count = None;
             }
             Event::LoadFailed { model_id, error } => {
+                self.download = None;
                 self.model = ModelState::Failed { model_id, error };
             }
             Event::Started { job, prompt_tokens } if mine(job, &self.output) => {

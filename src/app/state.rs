@@ -1,7 +1,7 @@
 //! The app's state: what the user made (examples, query, task, templates) and settings, and the
 //! self-contained prompt-set file that holds it on disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -239,18 +239,4 @@ pub fn set_from_json(text: &str) -> Result<LoadedSet, String> {
     })
 }
 
-/// Writes a file so that a crash never leaves it half-written: a temporary file beside it is
-/// written and synced, then renamed over it.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
+pub use crate::fsutil::write_atomic;

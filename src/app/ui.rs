@@ -108,10 +108,29 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                     cmds.push(Command::LoadModel(current.clone()));
                 }
             }
-            ModelState::Loading(_) => {
-                ui.spinner();
-                ui.label("loading…");
-            }
+            ModelState::Loading(_) => match &app.download {
+                Some(d) => {
+                    let frac = if d.file_total > 0 {
+                        d.file_done as f32 / d.file_total as f32
+                    } else {
+                        0.0
+                    };
+                    ui.add(
+                        egui::ProgressBar::new(frac)
+                            .desired_width(160.0)
+                            .show_percentage(),
+                    )
+                    .on_hover_text(d.missing.join("\n"));
+                    ui.label(d.note.clone().unwrap_or_else(|| d.summary()));
+                    if ui.button("Cancel download").clicked() {
+                        cmds.push(Command::CancelDownload);
+                    }
+                }
+                None => {
+                    ui.spinner();
+                    ui.label("loading…");
+                }
+            },
             ModelState::Ready(info) => {
                 ui.label(RichText::new("ready").color(Color32::from_rgb(90, 200, 120)))
                     .on_hover_text(format!(
@@ -167,7 +186,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             Color32::from_rgb(240, 120, 100),
             format!("{model_id} could not be loaded: {error}"),
         );
-        ui.label("The model's files must be in the Hugging Face cache (HF_HOME / HF_HUB_CACHE, default ~/.cache/huggingface/hub). Download them once with network access, e.g. `huggingface-cli download openflamingo/OpenFlamingo-3B-vitl-mpt1b`, `anas-awadalla/mpt-1b-redpajama-200b` and `timm/vit_large_patch14_clip_224.openai`; after that the app works offline.");
+        ui.label("Retry downloads what is missing from the Hugging Face cache (HF_HOME / HF_HUB_CACHE, default ~/.cache/huggingface/hub) and keeps what is complete; after that the app works offline. HF_ENDPOINT picks a mirror, HF_TOKEN a token, and HF_HUB_OFFLINE=1 forbids the network.");
     }
 }
 

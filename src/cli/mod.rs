@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod npy;
+pub mod progress;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +39,13 @@ pub enum Command {
     Models {
         #[arg(long)]
         json: bool,
+    },
+    /// Fetch a model's files into the Hugging Face cache (what is there is kept), with a
+    /// progress bar. HF_ENDPOINT picks a mirror, HF_TOKEN a token.
+    Download {
+        /// Model id (default: the default model).
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
     },
     /// Rank candidate texts by their log-likelihood after the prompt.
     Score(Box<ScoreArgs>),
@@ -260,6 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Caption(a)) => caption(*a),
         Some(Command::Score(a)) => score(*a),
         Some(Command::Models { json }) => models(json),
+        Some(Command::Download { model }) => download(&model),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
@@ -296,9 +305,43 @@ impl PromptArgs {
         };
         let (device, _) = crate::engine::pick_device();
         let fmt = WeightFormat::parse(&self.dtype).unwrap_or_default();
-        let captioner = Captioner::load_with(&crate::hub::cache_dir(), &self.model, &device, fmt)?;
+        let opts = crate::hub::download::DownloadOptions::new(&crate::hub::cache_dir());
+        let mut bar = progress::ProgressBar::default();
+        let captioner = Captioner::load_or_download(
+            &opts,
+            &self.model,
+            &device,
+            fmt,
+            &AtomicBool::new(false),
+            &mut |e| bar.on_event(e),
+        )?;
         Ok((req, captioner))
     }
+}
+
+fn download(model: &str) -> anyhow::Result<()> {
+    let spec = crate::hub::registry::find(model).ok_or_else(|| {
+        anyhow::anyhow!("unknown model `{model}`; `flamingo models` lists the known ones")
+    })?;
+    let opts = crate::hub::download::DownloadOptions::new(&crate::hub::cache_dir());
+    let mut bar = progress::ProgressBar::default();
+    let mut fetched = false;
+    let files =
+        crate::hub::download::ensure_model(spec, &opts, &AtomicBool::new(false), &mut |e| {
+            fetched = true;
+            bar.on_event(e)
+        })?;
+    if !fetched {
+        eprintln!("{} is already in the cache; nothing to download", spec.id);
+    }
+    if !spec.family.supported() {
+        eprintln!(
+            "note: {} uses a {:?} language model, which this version cannot run yet",
+            spec.id, spec.family
+        );
+    }
+    println!("{}", files.checkpoint.path.display());
+    Ok(())
 }
 
 fn models(json: bool) -> anyhow::Result<()> {
@@ -311,10 +354,21 @@ fn models(json: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| crate::hub::repo_bytes(&cache, r))
                 .sum();
+            let files: Vec<serde_json::Value> = crate::hub::download::needed_files(m)
+                .iter()
+                .map(|n| {
+                    let cached = n
+                        .choices
+                        .iter()
+                        .find(|c| crate::hub::cached_file(&cache, n.repo, c).is_some());
+                    serde_json::json!({"repo": n.repo, "choices": n.choices, "cached": cached})
+                })
+                .collect();
             serde_json::json!({
                 "id": m.id, "family": m.family, "runs": m.family.supported(),
                 "cross_attn_every": m.cross_attn_every, "download_gb": m.download_gb,
-                "cached": complete, "bytes_on_disk": bytes,
+                "ram_gb": m.ram_gb, "repos": [m.checkpoint_repo, m.lm_repo, m.clip_repo],
+                "files": files, "cached": complete, "bytes_on_disk": bytes,
             })
         })
         .collect();

@@ -51,6 +51,8 @@ pub enum Event {
     Loading {
         model_id: String,
     },
+    /// Progress of fetching the model's missing files (before `Loaded`).
+    Download(crate::hub::download::DownloadEvent),
     Loaded {
         info: ModelInfo,
         tokenizer: Arc<TextTokenizer>,
@@ -93,6 +95,7 @@ impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Event::Loading { model_id } => write!(f, "Loading({model_id})"),
+            Event::Download(e) => write!(f, "Download({e:?})"),
             Event::Loaded { info, .. } => write!(f, "Loaded({})", info.model_id),
             Event::LoadFailed { error, .. } => write!(f, "LoadFailed({error})"),
             Event::Started { job, .. } => write!(f, "Started({job})"),
@@ -156,7 +159,10 @@ impl Engine {
         }
     }
 
+    /// Loads a model, downloading what the cache lacks (unless offline); `cancel` stops
+    /// the download.
     pub fn load(&self, model_id: &str, format: crate::model::linear::WeightFormat) {
+        self.cancel.store(false, Ordering::SeqCst);
         let _ = self.tx.send(Request::Load {
             model_id: model_id.to_string(),
             format,
@@ -192,7 +198,7 @@ impl Engine {
         job
     }
 
-    /// Stops the running generation at its next step.
+    /// Stops the running generation at its next step, or the running download.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }
@@ -247,7 +253,16 @@ fn run(
                     .hub_cache
                     .clone()
                     .unwrap_or_else(crate::hub::cache_dir);
-                match Captioner::load_with(&cache, &model_id, &device, format) {
+                let opts = crate::hub::download::DownloadOptions::new(&cache);
+                let loaded = Captioner::load_or_download(
+                    &opts,
+                    &model_id,
+                    &device,
+                    format,
+                    &cancel,
+                    &mut |e| send(Event::Download(e)),
+                );
+                match loaded {
                     Ok(c) => {
                         let info = ModelInfo {
                             model_id: c.model_id.clone(),
@@ -260,6 +275,10 @@ fn run(
                         model = Some(c);
                         send(Event::Loaded { info, tokenizer });
                     }
+                    Err(Error::Cancelled) => send(Event::LoadFailed {
+                        model_id,
+                        error: "download cancelled; what was complete stays in the cache".into(),
+                    }),
                     Err(e) => send(Event::LoadFailed {
                         model_id,
                         error: e.to_string(),

@@ -1,6 +1,7 @@
 //! Model ids → local files in the Hugging Face cache (the layout Python's huggingface_hub
 //! writes: `models--org--name/{refs/main, snapshots/<rev>/<file>}`), and the model registry.
 
+pub mod download;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -10,17 +11,26 @@ use crate::model::loader::ModelFiles;
 use crate::model::weights::WeightFile;
 pub use registry::{ModelSpec, DEFAULT_MODEL};
 
-/// The hub cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+/// The hub cache folder, by huggingface_hub's rules: `HF_HUB_CACHE`, else the legacy
+/// `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
+/// `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(p) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return p;
     }
-    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p).join("hub");
+    if let Some(p) = var("HF_HOME") {
+        return p.join("hub");
     }
-    let home = std::env::var_os("HOME")
-        .or_else(|| std::env::var_os("USERPROFILE"))
-        .map(PathBuf::from)
+    if let Some(p) = var("XDG_CACHE_HOME") {
+        return p.join("huggingface").join("hub");
+    }
+    let home = var("HOME")
+        .or_else(|| var("USERPROFILE"))
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
@@ -73,7 +83,7 @@ fn missing(cache: &Path, repo: &str, file: &str) -> Error {
     let hint = if offline() {
         "HF_HUB_OFFLINE is set, so nothing is downloaded: download the model on a machine with network access (or unset HF_HUB_OFFLINE), or point HF_HOME / HF_HUB_CACHE at a cache that has it."
     } else {
-        "Download the model first (for example with Python: `huggingface-cli download REPO`), or point HF_HOME / HF_HUB_CACHE at a cache that has it."
+        "Download the model first (`flamingo download MODEL`, or pick it in the app), or point HF_HOME / HF_HUB_CACHE at a cache that has it."
     };
     Error::MissingFile {
         repo: repo.to_string(),
@@ -129,6 +139,7 @@ pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
         lm_weights,
         tokenizer: one(cache, spec.lm_repo, "tokenizer.json")?,
         checkpoint: first_of(cache, spec.checkpoint_repo, &[spec.checkpoint_file])?,
+        convert: None,
     })
 }
 

@@ -26,6 +26,8 @@ pub struct ModelSpec {
     pub cross_attn_every: usize,
     /// Approximate total download, GB.
     pub download_gb: f64,
+    /// Approximate memory to run it in f32, GB (q8_0 needs about a third of it).
+    pub ram_gb: f64,
 }
 
 pub const DEFAULT_MODEL: &str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b";
@@ -41,6 +43,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::MosaicGpt,
         cross_attn_every: 1,
         download_gb: 11.0,
+        ram_gb: 11.0,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
@@ -51,6 +54,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::MosaicGpt,
         cross_attn_every: 1,
         download_gb: 11.0,
+        ram_gb: 11.0,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-4B-vitl-rpj3b",
@@ -61,6 +65,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::GptNeoX,
         cross_attn_every: 2,
         download_gb: 12.5,
+        ram_gb: 16.0,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-4B-vitl-rpj3b-langinstruct",
@@ -71,6 +76,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::GptNeoX,
         cross_attn_every: 2,
         download_gb: 12.5,
+        ram_gb: 16.0,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-9B-vitl-mpt7b",
@@ -81,6 +87,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::Mpt,
         cross_attn_every: 4,
         download_gb: 20.0,
+        ram_gb: 36.0,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-9B-deprecated",
@@ -91,6 +98,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::Llama,
         cross_attn_every: 4,
         download_gb: 20.0,
+        ram_gb: 36.0,
     },
 ];
 

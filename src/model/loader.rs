@@ -9,10 +9,11 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::config::{LmConfig, VisionConfig};
+use crate::model::converted::ConvertCache;
 use crate::model::lm::{mosaic_gpt::MosaicGpt, LanguageModel};
 use crate::model::perceiver::PerceiverResampler;
 use crate::model::vision::VisionTower;
-use crate::model::weights::{read_tensor_file, TensorStore, WeightFile};
+use crate::model::weights::{read_weights, TensorStore, WeightFile};
 use crate::model::xattn::{xattn_every_n, GatedCrossAttention};
 use crate::model::Flamingo;
 
@@ -25,6 +26,8 @@ pub struct ModelFiles {
     pub lm_weights: Vec<WeightFile>,
     pub tokenizer: PathBuf,
     pub checkpoint: WeightFile,
+    /// Where pickled weights are kept converted to safetensors (None: read them every time).
+    pub convert: Option<ConvertCache>,
 }
 
 /// Maps a checkpoint key to our canonical name: `perceiver.*`, `xattn.{i}.*` or `embed`.
@@ -61,8 +64,12 @@ pub fn canonical_checkpoint_key(key: &str) -> Option<String> {
     None
 }
 
-fn load_checkpoint(file: &WeightFile, device: &Device) -> Result<TensorStore> {
-    let raw = read_tensor_file(&file.path)?;
+fn load_checkpoint(
+    file: &WeightFile,
+    cache: Option<&ConvertCache>,
+    device: &Device,
+) -> Result<TensorStore> {
+    let raw = read_weights(&file.path, cache)?;
     let mut map = HashMap::new();
     for (k, t) in raw {
         if !t.dtype().is_float() {
@@ -77,10 +84,14 @@ fn load_checkpoint(file: &WeightFile, device: &Device) -> Result<TensorStore> {
     Ok(TensorStore::new(map, file.label.clone()))
 }
 
-fn load_lm_store(files: &[WeightFile], device: &Device) -> Result<TensorStore> {
+fn load_lm_store(
+    files: &[WeightFile],
+    cache: Option<&ConvertCache>,
+    device: &Device,
+) -> Result<TensorStore> {
     let mut map = HashMap::new();
     for f in files {
-        for (k, t) in read_tensor_file(&f.path)? {
+        for (k, t) in read_weights(&f.path, cache)? {
             if t.dtype().is_float() {
                 map.insert(k, t.to_dtype(DType::F32)?.to_device(device)?);
             }
@@ -100,8 +111,9 @@ impl Flamingo {
         let vcfg = VisionConfig::from_open_clip_json(&files.clip_config)?;
         let lm_cfg = LmConfig::from_json_file(&files.lm_config)?;
 
-        let clip = TensorStore::load(
-            &files.clip_weights.path,
+        let convert = files.convert.as_ref();
+        let clip = TensorStore::from_tensors(
+            read_weights(&files.clip_weights.path, convert)?,
             files.clip_weights.label.clone(),
             DType::F32,
             device,
@@ -109,7 +121,7 @@ impl Flamingo {
         let vision = VisionTower::load(&clip.pp("visual"), &vcfg)?;
         drop(clip);
 
-        let ckpt = load_checkpoint(&files.checkpoint, device)?;
+        let ckpt = load_checkpoint(&files.checkpoint, convert, device)?;
         if ckpt.is_empty() {
             return Err(Error::BadWeights {
                 path: files.checkpoint.path.clone(),
@@ -154,7 +166,7 @@ impl Flamingo {
         let embed = ckpt.get_any("embed")?;
         let vocab = embed.dim(0)?;
         let embed = ckpt.get("embed", &[vocab, d])?;
-        let lm_store = load_lm_store(&files.lm_weights, device)?;
+        let lm_store = load_lm_store(&files.lm_weights, convert, device)?;
         let lm = match &lm_cfg {
             LmConfig::MosaicGpt(c) => {
                 LanguageModel::MosaicGpt(MosaicGpt::load(&lm_store.pp(""), c, embed)?)

@@ -2,6 +2,7 @@
 //! blocks inside a decoder LM. Pure tensors in, tensors out; file discovery lives in `hub`.
 
 pub mod config;
+pub mod converted;
 pub mod linear;
 pub mod lm;
 pub mod loader;

@@ -31,7 +31,16 @@ impl TensorStore {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let raw = read_tensor_file(path)?;
+        Self::from_tensors(read_tensor_file(path)?, source, dtype, device)
+    }
+
+    /// A store of tensors already read (float ones only, as `dtype` on `device`).
+    pub fn from_tensors(
+        raw: Vec<(String, Tensor)>,
+        source: impl Into<String>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, t) in raw {
             if !t.dtype().is_float() {
@@ -169,6 +178,21 @@ pub fn read_tensor_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         return Err(bad("no tensors found".into()));
     }
     Ok(all)
+}
+
+/// Every tensor of a weight file; a pickled one (`.pt`/`.bin`) goes through `cache` when
+/// given, so that it is unpickled only once.
+pub fn read_weights(
+    path: &Path,
+    cache: Option<&crate::model::converted::ConvertCache>,
+) -> Result<Vec<(String, Tensor)>> {
+    let pickled = !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    match cache {
+        Some(c) if pickled && path.exists() => Ok(c.read(path, read_tensor_file)?.0),
+        _ => read_tensor_file(path),
+    }
 }
 
 /// Path plus a label `repo/file` for messages.

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixture paths and tensor comparison.
 #![allow(dead_code)]
 
+pub mod hub_server;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

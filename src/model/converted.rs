@@ -1,0 +1,177 @@
+//! The app's own cache of converted weights. A `.pt`/`.bin` file (a zip of pickles) is read
+//! once and written as safetensors, keyed by its source blob; later loads read the copy
+//! (a memory map, no unpickling). Nothing is ever written inside the Hugging Face cache.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Bumped when the converted layout changes; older copies are then ignored.
+const LAYOUT: &str = "flamingo-converted-1";
+
+/// The app's cache folder: `FLAMINGO_CACHE_DIR`, else the platform's cache folder
+/// (`$XDG_CACHE_HOME/flamingo` or `~/.cache/flamingo`, `~/Library/Caches/flamingo`,
+/// `%LOCALAPPDATA%\flamingo\cache`).
+pub fn app_cache_dir() -> PathBuf {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(p) = var("FLAMINGO_CACHE_DIR") {
+        return p;
+    }
+    if cfg!(target_os = "windows") {
+        if let Some(p) = var("LOCALAPPDATA") {
+            return p.join("flamingo").join("cache");
+        }
+    }
+    let home = var("HOME")
+        .or_else(|| var("USERPROFILE"))
+        .unwrap_or_else(|| PathBuf::from("."));
+    if cfg!(target_os = "macos") {
+        return home.join("Library").join("Caches").join("flamingo");
+    }
+    var("XDG_CACHE_HOME")
+        .unwrap_or_else(|| home.join(".cache"))
+        .join("flamingo")
+}
+
+/// Where converted copies live.
+#[derive(Clone, Debug)]
+pub struct ConvertCache {
+    pub dir: PathBuf,
+}
+
+/// Whether a read came from the converted copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the converted copy.
+    Converted,
+    /// Read from the original and converted now.
+    Original,
+    /// Read from the original; the copy could not be written (the reason was logged).
+    Uncached,
+}
+
+impl ConvertCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The default folder under [`app_cache_dir`].
+    pub fn default_location() -> Self {
+        Self::new(app_cache_dir().join("converted"))
+    }
+
+    /// A key naming the source's content: the hub blob's ETag (its file name in the cache:
+    /// sha256 or git sha1), else a hash of its path, size and modification time.
+    pub fn key(source: &Path) -> Result<String> {
+        let real = std::fs::canonicalize(source).map_err(|e| Error::io(source, e))?;
+        let meta = std::fs::metadata(&real).map_err(|e| Error::io(&real, e))?;
+        let name = real
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let hex = |n: usize| name.len() == n && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex(64) || hex(40) {
+            return Ok(format!("{}-{}", name.to_ascii_lowercase(), meta.len()));
+        }
+        use sha2::Digest;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let id = format!("{}\0{}\0{mtime}", real.display(), meta.len());
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        Ok(format!(
+            "path-{}",
+            digest[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
+    }
+
+    fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{key}.safetensors")),
+            self.dir.join(format!("{key}.json")),
+        )
+    }
+
+    /// Tensors of the pickled weight file `source`, through the cache; `read` reads the
+    /// original.
+    pub fn read(
+        &self,
+        source: &Path,
+        read: impl FnOnce(&Path) -> Result<Vec<(String, Tensor)>>,
+    ) -> Result<(Vec<(String, Tensor)>, Source)> {
+        let key = Self::key(source)?;
+        let size = std::fs::metadata(source)
+            .map_err(|e| Error::io(source, e))?
+            .len();
+        let (data, meta) = self.paths(&key);
+        if self.is_valid(&meta, size) {
+            if let Ok(map) = candle_core::safetensors::load(&data, &Device::Cpu) {
+                return Ok((map.into_iter().collect(), Source::Converted));
+            }
+        }
+        let tensors = read(source)?;
+        match self.write(&tensors, &data, &meta, source, size) {
+            Ok(()) => Ok((tensors, Source::Original)),
+            Err(e) => {
+                eprintln!(
+                    "note: could not keep a converted copy of {} in {}: {e}",
+                    source.display(),
+                    self.dir.display()
+                );
+                Ok((tensors, Source::Uncached))
+            }
+        }
+    }
+
+    fn is_valid(&self, meta: &Path, size: u64) -> bool {
+        let Ok(text) = std::fs::read_to_string(meta) else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return false;
+        };
+        v["layout"] == LAYOUT && v["source_bytes"].as_u64() == Some(size)
+    }
+
+    fn write(
+        &self,
+        tensors: &[(String, Tensor)],
+        data: &Path,
+        meta: &Path,
+        source: &Path,
+        size: u64,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let tmp = crate::fsutil::temp_beside(data);
+        let map: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+            .collect::<Result<_>>()?;
+        let written = candle_core::safetensors::save(&map, &tmp)
+            .map_err(Error::from)
+            .and_then(|_| std::fs::rename(&tmp, data).map_err(|e| Error::io(data, e)));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let info = serde_json::json!({
+            "layout": LAYOUT,
+            "source": source.display().to_string(),
+            "source_bytes": size,
+        });
+        crate::fsutil::write_atomic(meta, info.to_string().as_bytes())
+            .map_err(|e| Error::io(meta, e))
+    }
+}
