@@ -13,6 +13,13 @@ pub enum Error {
         cache: PathBuf,
         hint: String,
     },
+    #[error("{model}: these files are not in the Hugging Face cache ({cache}): {}. {hint}", .files.join(", "))]
+    MissingFiles {
+        model: String,
+        files: Vec<String>,
+        cache: PathBuf,
+        hint: String,
+    },
     #[error("tensor `{name}` is missing from {source_file}")]
     MissingTensor { name: String, source_file: String },
     #[error("tensor `{name}` in {source_file} has shape {found:?}, expected {expected:?}")]

@@ -28,10 +28,12 @@ fn harness(data_dir: &Path) -> Harness<'static, FlamingoApp> {
     let opts = AppOptions {
         data_dir: Some(data_dir.to_path_buf()),
         hub_cache: Some(hub("hf")),
+        offline: true,
         autoload: true,
         model_id: None,
         weights: None,
         stable_for_snapshots: true,
+        ..Default::default()
     };
     Harness::builder()
         .with_size(egui::vec2(1180.0, 760.0))
@@ -273,10 +275,12 @@ fn without_a_model_it_says_what_to_do() {
     let opts = AppOptions {
         data_dir: Some(dir.path().to_path_buf()),
         hub_cache: Some(empty.clone()),
+        offline: true,
         autoload: true,
         model_id: None,
         weights: None,
         stable_for_snapshots: true,
+        ..Default::default()
     };
     let mut h = Harness::builder()
         .with_size(egui::vec2(1180.0, 760.0))
@@ -289,7 +293,7 @@ fn without_a_model_it_says_what_to_do() {
         .next()
         .is_some());
     assert!(h
-        .query_all_by_label_contains("huggingface-cli download")
+        .query_all_by_label_contains("Retry downloads what is missing")
         .next()
         .is_some());
     h.snapshot("no_model");
@@ -378,4 +382,58 @@ fn ranking_candidates_in_the_app_matches_the_reference() {
         .collect();
     want.sort_by(|a, b| b.0.total_cmp(&a.0));
     assert_eq!(got, want.into_iter().map(|(_, t)| t).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_missing_model_downloads_with_progress_and_cancel() {
+    let server = common::hub_server::HubServer::serve(&hub("hf"));
+    // Slow enough to see the progress view and press Cancel in time.
+    server
+        .state
+        .trickle_ms
+        .store(20, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let opts = AppOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        hub_cache: Some(cache.path().to_path_buf()),
+        hub_endpoint: Some(server.url.clone()),
+        autoload: true,
+        stable_for_snapshots: true,
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1180.0, 760.0))
+        .build_eframe(move |cc| FlamingoApp::new(cc, opts));
+    wait_until(&mut h, "download progress", |a| {
+        a.download.as_ref().is_some_and(|d| d.file_done > 0)
+    });
+    assert!(h
+        .query_all_by_label_contains("Downloading ")
+        .next()
+        .is_some());
+    h.get_by_label("Cancel download").click();
+    wait_until(&mut h, "the cancelled load", |a| {
+        matches!(a.model, ModelState::Failed { .. })
+    });
+    assert!(h
+        .query_all_by_label_contains("download cancelled")
+        .next()
+        .is_some());
+    assert!(h.state().download.is_none());
+
+    // Retry fetches the rest (at full speed) and the model loads from the new cache.
+    server
+        .state
+        .trickle_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    h.get_by_label("Retry").click();
+    wait_until(&mut h, "the downloaded model", |a| {
+        matches!(a.model, ModelState::Ready(_))
+    });
+    assert!(flamingo::hub::resolve_in(
+        cache.path(),
+        flamingo::hub::registry::find(flamingo::hub::DEFAULT_MODEL).unwrap()
+    )
+    .is_ok());
 }

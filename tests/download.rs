@@ -329,3 +329,118 @@ fn no_server_fails_fast_with_what_is_missing() {
     assert!(msg.contains(&server.url), "{msg}");
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
+
+fn cli(hf_home: &Path, convert: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flamingo"));
+    c.env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT")
+        .env("HF_HOME", hf_home)
+        .env("FLAMINGO_CACHE_DIR", convert)
+        .env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+#[test]
+fn cli_downloads_with_hf_endpoint_then_works_offline_with_the_server_stopped() {
+    let mut server = HubServer::serve(&hub("hf"));
+    let home = tempfile::tempdir().unwrap();
+    let convert = tempfile::tempdir().unwrap();
+    let out = cli(home.path(), convert.path())
+        .env("HF_ENDPOINT", &server.url)
+        .args(["download", flamingo::hub::DEFAULT_MODEL])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Downloading 6 missing file(s)"), "{err}");
+    assert!(err.contains("Downloaded 6 file(s)"), "{err}");
+    assert!(err.contains("hash checked"), "{err}");
+    assert_eq!(server.gets(), 6);
+
+    // A second download has nothing to do and asks the server nothing.
+    let before = server.requests().len();
+    let out = cli(home.path(), convert.path())
+        .env("HF_ENDPOINT", &server.url)
+        .arg("download")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in the cache"));
+    assert_eq!(server.requests().len(), before);
+
+    // With the server gone: offline captioning works from the cache.
+    server.stop();
+    let out = cli(home.path(), convert.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", &server.url)
+        .args(["caption", "--json", "--max-new-tokens", "3"])
+        .arg(image("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 3);
+
+    // Offline without the cache: a clear error at once, naming what is missing.
+    let empty = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let out = cli(empty.path(), convert.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", &server.url)
+        .args(["caption", "--json"])
+        .arg(image("astronaut.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn cli_caption_downloads_what_is_missing() {
+    let server = HubServer::serve(&hub("hf"));
+    let home = tempfile::tempdir().unwrap();
+    let convert = tempfile::tempdir().unwrap();
+    // Only the checkpoint is missing: exactly that file is fetched.
+    let hub_dir = home.path().join("hub");
+    copy_dir(&hub("hf"), &hub_dir);
+    std::fs::remove_dir_all(flamingo::hub::repo_folder(&hub_dir, spec().checkpoint_repo)).unwrap();
+    let out = cli(home.path(), convert.path())
+        .env("HF_ENDPOINT", &server.url)
+        .args(["caption", "--json", "--max-new-tokens", "3"])
+        .arg(image("astronaut.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Downloading 1 missing file(s)"), "{err}");
+    assert_eq!(server.gets(), 1, "{:?}", server.requests());
+    assert!(server.requests()[0].ends_with("/checkpoint.pt"));
+}
+
+/// Copies a hub cache, links resolved to plain files (enough for the resolver).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        let meta = std::fs::metadata(e.path()).unwrap();
+        if meta.is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}

@@ -262,6 +262,10 @@ pub struct AppOptions {
     pub data_dir: Option<PathBuf>,
     /// Hugging Face cache to load from; None = the standard one.
     pub hub_cache: Option<PathBuf>,
+    /// Hub address to download from; None = `HF_ENDPOINT` or huggingface.co.
+    pub hub_endpoint: Option<String>,
+    /// Never download (as with `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
     /// Load the selected model at start.
     pub autoload: bool,
     /// Overrides the persisted model id.
@@ -329,6 +333,8 @@ impl FlamingoApp {
             EngineConfig {
                 hub_cache: opts.hub_cache.clone(),
                 threads: settings.threads,
+                endpoint: opts.hub_endpoint.clone(),
+                offline: opts.offline,
             },
             waker.clone(),
         );

@@ -279,6 +279,8 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
     crate::app::run_native(crate::app::AppOptions {
         data_dir: a.data_dir,
         hub_cache: None,
+        hub_endpoint: None,
+        offline: false,
         autoload: !a.no_autoload,
         model_id: a.model,
         weights: a.weights.as_deref().and_then(WeightFormat::parse),

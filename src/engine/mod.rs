@@ -117,6 +117,10 @@ pub struct EngineConfig {
     pub hub_cache: Option<std::path::PathBuf>,
     /// Compute threads for candle; None = all cores but one on machines with few cores.
     pub threads: Option<usize>,
+    /// Hub address to download from; None = `HF_ENDPOINT` or huggingface.co.
+    pub endpoint: Option<String>,
+    /// Never download, whatever `HF_HUB_OFFLINE` says.
+    pub offline: bool,
 }
 
 /// Threads to compute with: leave one core to the UI on small machines, never oversubscribe.
@@ -253,7 +257,9 @@ fn run(
                     .hub_cache
                     .clone()
                     .unwrap_or_else(crate::hub::cache_dir);
-                let opts = crate::hub::download::DownloadOptions::new(&cache);
+                let mut opts = crate::hub::download::DownloadOptions::new(&cache);
+                opts.endpoint = config.endpoint.clone();
+                opts.offline |= config.offline;
                 let loaded = Captioner::load_or_download(
                     &opts,
                     &model_id,

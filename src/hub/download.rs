@@ -79,6 +79,8 @@ pub struct DownloadOptions {
     pub attempts: usize,
     /// An attempt with no new bytes for this long is abandoned.
     pub stall: Duration,
+    /// No network at all (default: `HF_HUB_OFFLINE`).
+    pub offline: bool,
 }
 
 impl DownloadOptions {
@@ -94,6 +96,7 @@ impl DownloadOptions {
             endpoint: None,
             attempts: 3,
             stall,
+            offline: offline(),
         }
     }
 
@@ -189,9 +192,17 @@ pub fn ensure_model(
         .into_iter()
         .filter(|n| !need_is_cached(&opts.cache, n))
         .collect();
-    if offline() || missing.is_empty() {
-        // Offline: no network attempt; the resolver's error names what is missing.
+    if missing.is_empty() {
         return resolve_in(&opts.cache, spec);
+    }
+    if opts.offline {
+        // No network attempt: say at once everything that is missing.
+        return Err(Error::MissingFiles {
+            model: spec.id.to_string(),
+            files: missing.iter().map(Need::label).collect(),
+            cache: opts.cache.clone(),
+            hint: "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it on a machine with network access (or run `flamingo download` there), or point HF_HOME / HF_HUB_CACHE at a cache that has the model.".into(),
+        });
     }
     observer(DownloadEvent::Plan {
         missing: missing.iter().map(Need::label).collect(),
