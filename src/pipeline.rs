@@ -214,8 +214,7 @@ impl Captioner {
             files.convert = Some(crate::model::converted::ConvertCache::default_location());
         }
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
-        let mut model = Flamingo::load(&files, tokenizer.media_id, device)?;
-        model.convert_weights(format)?;
+        let model = Flamingo::load_as(&files, tokenizer.media_id, device, format)?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::Tokenizer(format!(
                 "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",

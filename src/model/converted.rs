@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -97,6 +97,36 @@ impl ConvertCache {
         ))
     }
 
+    /// Where the model made from `files` with linear layers in `format` is kept: named by
+    /// the keys of all its weight files, so a changed file makes a new one.
+    pub fn model_path(
+        &self,
+        files: &crate::model::loader::ModelFiles,
+        format: &str,
+    ) -> Result<PathBuf> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(LAYOUT.as_bytes());
+        h.update(format.as_bytes());
+        let weights = [&files.clip_weights, &files.checkpoint]
+            .into_iter()
+            .chain(files.lm_weights.iter());
+        for f in weights {
+            h.update(Self::key(&f.path)?.as_bytes());
+            h.update(b"\0");
+        }
+        let digest: String = h.finalize()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join("models")
+            .join(format!("{format}-{digest}.gguf")))
+    }
+
     fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
         (
             self.dir.join(format!("{key}.safetensors")),
@@ -111,26 +141,51 @@ impl ConvertCache {
         source: &Path,
         read: impl FnOnce(&Path) -> Result<Vec<(String, Tensor)>>,
     ) -> Result<(Vec<(String, Tensor)>, Source)> {
+        let mut kept = None;
+        let (path, how) = self.converted(source, |p| {
+            let t = read(p)?;
+            kept = Some(t.clone());
+            Ok(t)
+        })?;
+        match (path, kept) {
+            (_, Some(t)) => Ok((t, how)),
+            (Some(p), None) => Ok((
+                crate::model::weights::LazySafetensors::open(&p)?.read_all()?,
+                how,
+            )),
+            (None, None) => Err(Error::BadWeights {
+                path: source.to_path_buf(),
+                reason: "nothing was read".into(),
+            }),
+        }
+    }
+
+    /// The converted copy of `source` (made now with `read` if there is none yet), or None
+    /// with `Source::Uncached` when it could not be written.
+    pub fn converted(
+        &self,
+        source: &Path,
+        read: impl FnOnce(&Path) -> Result<Vec<(String, Tensor)>>,
+    ) -> Result<(Option<PathBuf>, Source)> {
         let key = Self::key(source)?;
         let size = std::fs::metadata(source)
             .map_err(|e| Error::io(source, e))?
             .len();
         let (data, meta) = self.paths(&key);
-        if self.is_valid(&meta, size) {
-            if let Ok(map) = candle_core::safetensors::load(&data, &Device::Cpu) {
-                return Ok((map.into_iter().collect(), Source::Converted));
-            }
+        if self.is_valid(&meta, size) && crate::model::weights::LazySafetensors::open(&data).is_ok()
+        {
+            return Ok((Some(data), Source::Converted));
         }
         let tensors = read(source)?;
         match self.write(&tensors, &data, &meta, source, size) {
-            Ok(()) => Ok((tensors, Source::Original)),
+            Ok(()) => Ok((Some(data), Source::Original)),
             Err(e) => {
                 eprintln!(
                     "note: could not keep a converted copy of {} in {}: {e}",
                     source.display(),
                     self.dir.display()
                 );
-                Ok((tensors, Source::Uncached))
+                Ok((None, Source::Uncached))
             }
         }
     }

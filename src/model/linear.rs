@@ -5,7 +5,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::Result;
-use crate::model::weights::Vb;
+use crate::model::weights::{LinearWeight, Vb};
 
 /// How the weights of the linear layers are held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,6 +50,26 @@ pub struct Linear {
     out_dim: usize,
 }
 
+/// Converts a dense f32 [out, in] weight to `fmt`. A quantized format whose block does not
+/// divide the input width falls back to q8_0, then to f16.
+pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
+    let w = w.to_dtype(DType::F32)?;
+    let in_dim = w.dims().last().copied().unwrap_or(0);
+    let fits = |d: GgmlDType| in_dim.is_multiple_of(d.block_size());
+    let q = |d: GgmlDType| -> Result<LinearWeight> {
+        Ok(LinearWeight::Quantized(std::sync::Arc::new(
+            QTensor::quantize(&w, d)?,
+        )))
+    };
+    Ok(match fmt {
+        WeightFormat::F32 => LinearWeight::Dense(w),
+        WeightFormat::F16 => LinearWeight::F16(w.to_dtype(DType::F16)?),
+        WeightFormat::Q4K if fits(GgmlDType::Q4K) => q(GgmlDType::Q4K)?,
+        WeightFormat::Q4K | WeightFormat::Q8_0 if fits(GgmlDType::Q8_0) => q(GgmlDType::Q8_0)?,
+        _ => LinearWeight::F16(w.to_dtype(DType::F16)?),
+    })
+}
+
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         let (out_dim, in_dim) = weight.dims2().unwrap_or((0, 0));
@@ -61,42 +81,76 @@ impl Linear {
         }
     }
 
-    /// `name.weight` of shape [out, in] and, if `bias`, `name.bias` of shape [out].
+    /// A layer from a weight already in its format.
+    pub fn from_weight(w: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
+        let (weight, dims) = match w {
+            LinearWeight::Dense(t) => {
+                let d = t.dims2()?;
+                (Weight::Dense(t), d)
+            }
+            LinearWeight::F16(t) => {
+                let d = t.dims2()?;
+                (Weight::Matmul(QMatMul::TensorF16(t)), d)
+            }
+            LinearWeight::Quantized(q) => {
+                let d = q.shape().dims2()?;
+                (Weight::Matmul(QMatMul::from_arc(q)?), d)
+            }
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_dim: dims.1,
+            out_dim: dims.0,
+        })
+    }
+
+    /// `name.weight` of shape [out, in] and, if `bias`, `name.bias` of shape [out], the
+    /// weight in the store's format.
     pub fn load(vb: &Vb, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let vb = vb.pp(name);
-        let w = vb.get(&[out_dim, in_dim], "weight")?;
-        let b = if bias {
-            Some(vb.get(&[out_dim], "bias")?)
-        } else {
-            None
-        };
-        Ok(Self::new(w, b))
+        Self::load_parts(&vb, "weight", bias.then_some("bias"), in_dim, out_dim)
+    }
+
+    /// A layer whose weight and bias tensors have the given names.
+    pub fn load_parts(
+        vb: &Vb,
+        weight: &str,
+        bias: Option<&str>,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
+        let w = vb.linear_weight(weight, &[out_dim, in_dim])?;
+        let b = bias.map(|b| vb.get(&[out_dim], b)).transpose()?;
+        Self::from_weight(w, b)
+    }
+
+    /// A layer whose [out, in] weight is computed by `make` (a reshaped convolution, a tied
+    /// embedding); the model cache keeps it under `key`.
+    pub fn derived(
+        vb: &Vb,
+        key: &str,
+        in_dim: usize,
+        out_dim: usize,
+        make: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Self> {
+        let w = vb.derived_linear_weight(key, &[out_dim, in_dim], make)?;
+        Self::from_weight(w, None)
     }
 
     pub fn dims(&self) -> (usize, usize) {
         (self.out_dim, self.in_dim)
     }
 
-    /// Converts the weight (a dense f32 weight) to `fmt`. A quantized format whose block does
-    /// not divide the input width falls back to q8_0, then to f16.
+    /// Converts a dense f32 weight to `fmt` (weights already converted stay as they are).
     pub fn convert(&mut self, fmt: WeightFormat) -> Result<()> {
         let Weight::Dense(w) = &self.weight else {
             return Ok(());
         };
-        let w = w.to_dtype(DType::F32)?;
-        let fits = |d: GgmlDType| self.in_dim.is_multiple_of(d.block_size());
-        let q = |d: GgmlDType| -> Result<Weight> {
-            Ok(Weight::Matmul(QMatMul::from_qtensor(QTensor::quantize(
-                &w, d,
-            )?)?))
-        };
-        self.weight = match fmt {
-            WeightFormat::F32 => Weight::Dense(w),
-            WeightFormat::F16 => Weight::Matmul(QMatMul::TensorF16(w.to_dtype(DType::F16)?)),
-            WeightFormat::Q4K if fits(GgmlDType::Q4K) => q(GgmlDType::Q4K)?,
-            WeightFormat::Q4K | WeightFormat::Q8_0 if fits(GgmlDType::Q8_0) => q(GgmlDType::Q8_0)?,
-            _ => Weight::Matmul(QMatMul::TensorF16(w.to_dtype(DType::F16)?)),
-        };
+        if fmt == WeightFormat::F32 {
+            return Ok(());
+        }
+        *self = Self::from_weight(convert_weight(w.clone(), fmt)?, self.bias.take())?;
         Ok(())
     }
 

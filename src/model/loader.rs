@@ -5,15 +5,19 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::config::{LmConfig, VisionConfig};
 use crate::model::converted::ConvertCache;
+use crate::model::linear::WeightFormat;
 use crate::model::lm::{mosaic_gpt::MosaicGpt, LanguageModel};
 use crate::model::perceiver::PerceiverResampler;
 use crate::model::vision::VisionTower;
-use crate::model::weights::{read_weights, TensorStore, WeightFile};
+use crate::model::weights::{
+    read_tensor_file, read_weights, GgufFile, LinearWeight, Recorded, TensorStore, WeightFile,
+};
 use crate::model::xattn::{xattn_every_n, GatedCrossAttention};
 use crate::model::Flamingo;
 
@@ -64,76 +68,185 @@ pub fn canonical_checkpoint_key(key: &str) -> Option<String> {
     None
 }
 
-fn load_checkpoint(
+/// A store over one weight file, read per tensor: a safetensors file directly; a pickled
+/// one through its converted safetensors copy when `convert` (f32 loads, which keep no model
+/// cache), else straight from the zip.
+fn open_store(
     file: &WeightFile,
     cache: Option<&ConvertCache>,
+    convert: bool,
     device: &Device,
 ) -> Result<TensorStore> {
-    let raw = read_weights(&file.path, cache)?;
-    let mut map = HashMap::new();
-    for (k, t) in raw {
-        if !t.dtype().is_float() {
-            continue;
-        }
-        if let Some(name) = canonical_checkpoint_key(&k) {
-            // Aliases hold the same tensor; the first one wins.
-            map.entry(name)
-                .or_insert(t.to_dtype(DType::F32)?.to_device(device)?);
+    let is_safetensors = file
+        .path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if is_safetensors {
+        return TensorStore::lazy_safetensors(&file.path, file.label.clone(), device);
+    }
+    if let (Some(c), true) = (cache, convert) {
+        if let (Some(copy), _) = c.converted(&file.path, read_tensor_file)? {
+            return TensorStore::lazy_safetensors(&copy, file.label.clone(), device);
         }
     }
-    Ok(TensorStore::new(map, file.label.clone()))
+    TensorStore::lazy_pickle(&file.path, file.label.clone(), device)
 }
 
-fn load_lm_store(
-    files: &[WeightFile],
+/// The checkpoint's store, its keys mapped to our canonical names.
+fn open_checkpoint(
+    file: &WeightFile,
     cache: Option<&ConvertCache>,
+    convert: bool,
     device: &Device,
 ) -> Result<TensorStore> {
-    let mut map = HashMap::new();
-    for f in files {
-        for (k, t) in read_weights(&f.path, cache)? {
-            if t.dtype().is_float() {
-                map.insert(k, t.to_dtype(DType::F32)?.to_device(device)?);
-            }
+    let mut store = open_store(file, cache, convert, device)?;
+    let mut raw = store.names();
+    raw.sort();
+    let mut alias = HashMap::new();
+    for k in raw {
+        if let Some(name) = canonical_checkpoint_key(&k) {
+            // Aliases hold the same tensor; the first one wins.
+            alias.entry(name).or_insert(k);
         }
+    }
+    if alias.is_empty() {
+        return Err(Error::BadWeights {
+            path: file.path.clone(),
+            reason: "no OpenFlamingo tensors (perceiver.*, gated cross-attention) in it".into(),
+        });
+    }
+    store.set_aliases(alias);
+    Ok(store)
+}
+
+fn open_lm_store(
+    files: &[WeightFile],
+    cache: Option<&ConvertCache>,
+    convert: bool,
+    device: &Device,
+) -> Result<TensorStore> {
+    if let [one] = files {
+        return open_store(one, cache, convert, device);
+    }
+    // Shards: merged in memory.
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(read_weights(&f.path, cache)?);
     }
     let label = files
         .iter()
         .map(|f| f.label.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(TensorStore::new(map, label))
+    TensorStore::from_tensors(all, label, DType::F32, device)
 }
 
+/// The three stores a model is built from, with the section names the model cache uses.
+struct Stores {
+    clip: TensorStore,
+    ckpt: TensorStore,
+    lm: TensorStore,
+}
+
+const SECTIONS: [&str; 3] = ["clip/", "ckpt/", "lm/"];
+
 impl Flamingo {
-    /// Loads a model; `media_id` is the `<image>` token id of its tokenizer.
+    /// Loads a model in f32; `media_id` is the `<image>` token id of its tokenizer.
     pub fn load(files: &ModelFiles, media_id: u32, device: &Device) -> Result<Self> {
+        Self::load_as(files, media_id, device, WeightFormat::F32)
+    }
+
+    /// Loads a model with its linear layers in `format`, each converted as it is read (so
+    /// the f32 model is never whole in memory). With `files.convert` set, a quantized model
+    /// is kept in the app's cache after its first load and read from there afterwards.
+    pub fn load_as(
+        files: &ModelFiles,
+        media_id: u32,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let vcfg = VisionConfig::from_open_clip_json(&files.clip_config)?;
         let lm_cfg = LmConfig::from_json_file(&files.lm_config)?;
-
-        let convert = files.convert.as_ref();
-        let clip = TensorStore::from_tensors(
-            read_weights(&files.clip_weights.path, convert)?,
-            files.clip_weights.label.clone(),
-            DType::F32,
-            device,
-        )?;
-        let vision = VisionTower::load(&clip.pp("visual"), &vcfg)?;
-        drop(clip);
-
-        let ckpt = load_checkpoint(&files.checkpoint, convert, device)?;
-        if ckpt.is_empty() {
-            return Err(Error::BadWeights {
-                path: files.checkpoint.path.clone(),
-                reason: "no OpenFlamingo tensors (perceiver.*, gated cross-attention) in it".into(),
-            });
+        let cache = files.convert.as_ref();
+        let cached_model = match cache {
+            Some(c) if format != WeightFormat::F32 => Some(c.model_path(files, format.name())?),
+            _ => None,
+        };
+        if let Some(path) = &cached_model {
+            if let Ok(g) = GgufFile::open(path) {
+                let g = std::sync::Arc::new(g);
+                if model_cache_layout_ok(&g, format) {
+                    let label = |s: &str| format!("{} ({s})", path.display());
+                    let section = |i: usize| {
+                        let mut st = TensorStore::gguf_section(
+                            g.clone(),
+                            SECTIONS[i],
+                            label(SECTIONS[i]),
+                            device,
+                        );
+                        st.format = format;
+                        st
+                    };
+                    let stores = Stores {
+                        clip: section(0),
+                        ckpt: section(1),
+                        lm: section(2),
+                    };
+                    match Self::build(stores, &vcfg, &lm_cfg, files, media_id, device, format) {
+                        Ok((model, _)) => return Ok(model),
+                        Err(e) => eprintln!(
+                            "note: the cached {} model {} is not usable ({e}); rebuilding it",
+                            format.name(),
+                            path.display()
+                        ),
+                    }
+                }
+            }
         }
+        let convert = format == WeightFormat::F32;
+        let mut stores = Stores {
+            clip: open_store(&files.clip_weights, cache, convert, device)?,
+            ckpt: open_checkpoint(&files.checkpoint, cache, convert, device)?,
+            lm: open_lm_store(&files.lm_weights, cache, convert, device)?,
+        };
+        for st in [&mut stores.clip, &mut stores.ckpt, &mut stores.lm] {
+            st.format = format;
+            if cached_model.is_some() {
+                st.start_recording();
+            }
+        }
+        let (model, record) = Self::build(stores, &vcfg, &lm_cfg, files, media_id, device, format)?;
+        if let Some(path) = cached_model {
+            if let Err(e) = write_model_cache(&path, format, record) {
+                eprintln!(
+                    "note: could not keep the {} model in {}: {e}",
+                    format.name(),
+                    path.display()
+                );
+            }
+        }
+        Ok(model)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        mut stores: Stores,
+        vcfg: &VisionConfig,
+        lm_cfg: &LmConfig,
+        files: &ModelFiles,
+        media_id: u32,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<(Self, Vec<(String, Recorded)>)> {
+        let vision = VisionTower::load(&stores.clip.pp("visual"), vcfg)?;
+        let ckpt = &stores.ckpt;
         let perceiver = PerceiverResampler::load(&ckpt.pp("perceiver"), vcfg.width)?;
 
         let d = lm_cfg.hidden_size();
         let n_layers = lm_cfg.n_layers();
         let idx: BTreeSet<usize> = ckpt
             .names()
+            .iter()
             .filter_map(|n| n.strip_prefix("xattn."))
             .filter_map(|r| r.split('.').next()?.parse().ok())
             .collect();
@@ -166,10 +279,9 @@ impl Flamingo {
         let embed = ckpt.get_any("embed")?;
         let vocab = embed.dim(0)?;
         let embed = ckpt.get("embed", &[vocab, d])?;
-        let lm_store = load_lm_store(&files.lm_weights, convert, device)?;
-        let lm = match &lm_cfg {
+        let lm = match lm_cfg {
             LmConfig::MosaicGpt(c) => {
-                LanguageModel::MosaicGpt(MosaicGpt::load(&lm_store.pp(""), c, embed)?)
+                LanguageModel::MosaicGpt(MosaicGpt::load(&stores.lm.pp(""), c, embed)?)
             }
         };
         if media_id as usize >= vocab {
@@ -177,7 +289,19 @@ impl Flamingo {
                 "the <image> token id {media_id} is outside the checkpoint's vocabulary of {vocab}"
             )));
         }
-        Ok(Flamingo {
+        let mut record = Vec::new();
+        for (section, st) in
+            SECTIONS
+                .iter()
+                .zip([&mut stores.clip, &mut stores.ckpt, &mut stores.lm])
+        {
+            record.extend(
+                st.take_record()
+                    .into_iter()
+                    .map(|(n, r)| (format!("{section}{n}"), r)),
+            );
+        }
+        let mut model = Flamingo {
             vision,
             perceiver,
             lm,
@@ -185,8 +309,76 @@ impl Flamingo {
             media_id,
             device: device.clone(),
             format: Default::default(),
-        })
+        };
+        // Anything not converted while loading (nothing, normally) is converted now.
+        model.convert_weights(format)?;
+        Ok((model, record))
     }
+}
+
+const MODEL_LAYOUT: &str = "flamingo-model-1";
+
+fn model_cache_layout_ok(g: &GgufFile, format: WeightFormat) -> bool {
+    let s = |k: &str| match g.content.metadata.get(k) {
+        Some(gguf_file::Value::String(v)) => Some(v.clone()),
+        _ => None,
+    };
+    s("flamingo.layout").as_deref() == Some(MODEL_LAYOUT)
+        && s("flamingo.format").as_deref() == Some(format.name())
+}
+
+/// Writes what the model was built from, its linear layers converted, as one GGUF file.
+fn write_model_cache(
+    path: &std::path::Path,
+    format: WeightFormat,
+    record: Vec<(String, Recorded)>,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut tensors: Vec<(String, std::sync::Arc<QTensor>)> = Vec::new();
+    for (name, r) in record {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let q = match r {
+            Recorded::Plain(t) | Recorded::Linear(LinearWeight::Dense(t)) => {
+                std::sync::Arc::new(QTensor::quantize(
+                    &t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                    GgmlDType::F32,
+                )?)
+            }
+            Recorded::Linear(LinearWeight::F16(t)) => std::sync::Arc::new(QTensor::quantize(
+                &t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                GgmlDType::F16,
+            )?),
+            Recorded::Linear(LinearWeight::Quantized(q)) => q,
+        };
+        tensors.push((name, q));
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = crate::fsutil::temp_beside(path);
+    let layout = gguf_file::Value::String(MODEL_LAYOUT.into());
+    let fmt = gguf_file::Value::String(format.name().into());
+    let refs: Vec<(&str, &QTensor)> = tensors
+        .iter()
+        .map(|(n, q)| (n.as_str(), q.as_ref()))
+        .collect();
+    let written = (|| -> Result<()> {
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
+        gguf_file::write(
+            &mut f,
+            &[("flamingo.layout", &layout), ("flamingo.format", &fmt)],
+            &refs,
+        )?;
+        use std::io::Write;
+        f.flush().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Makes a model of the given shapes with random weights (for benchmarks), no files needed.

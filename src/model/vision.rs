@@ -27,13 +27,13 @@ impl ResBlock {
         let hidden = cfg.mlp_hidden();
         Ok(Self {
             ln_1: layer_norm(vb, "ln_1", w, LN_EPS, true)?,
-            in_proj: {
-                let a = vb.pp("attn");
-                Linear::new(
-                    a.get(&[3 * w, w], "in_proj_weight")?,
-                    Some(a.get(&[3 * w], "in_proj_bias")?),
-                )
-            },
+            in_proj: Linear::load_parts(
+                &vb.pp("attn"),
+                "in_proj_weight",
+                Some("in_proj_bias"),
+                w,
+                3 * w,
+            )?,
             out_proj: Linear::load(&vb.pp("attn"), "out_proj", w, w, true)?,
             ln_2: layer_norm(vb, "ln_2", w, LN_EPS, true)?,
             c_fc: Linear::load(&vb.pp("mlp"), "c_fc", w, hidden, true)?,
@@ -95,8 +95,12 @@ impl VisionTower {
     pub fn load(vb: &Vb, cfg: &VisionConfig) -> Result<Self> {
         let w = cfg.width;
         let p = cfg.patch_size;
-        let conv = vb.get(&[w, 3, p, p], "conv1.weight")?;
-        let patch = Linear::new(conv.reshape((w, 3 * p * p))?, None);
+        // The patch convolution (stride = kernel, no bias) is a linear map of each patch.
+        let patch = Linear::derived(vb, "conv1.as_linear", 3 * p * p, w, || {
+            Ok(vb
+                .fetch(&[w, 3, p, p], "conv1.weight")?
+                .reshape((w, 3 * p * p))?)
+        })?;
         let n_tok = cfg.grid() * cfg.grid() + 1;
         let blocks = (0..cfg.layers)
             .map(|i| ResBlock::load(&vb.pp(format!("transformer.resblocks.{i}")), cfg))

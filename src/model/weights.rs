@@ -3,23 +3,75 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::linear::WeightFormat;
 
-/// All tensors of one weight file (after key normalisation), kept on one device.
+/// Where a store's tensors are read from.
+enum Backing {
+    /// Everything already in memory.
+    Memory(HashMap<String, Tensor>),
+    /// A safetensors file, read one tensor at a time (no memory map, so a tensor's bytes
+    /// leave memory once it is converted).
+    Safetensors(LazySafetensors),
+    /// A section (`prefix`) of the app's per-format model cache.
+    Gguf(std::sync::Arc<GgufFile>, String),
+    /// A `torch.save` zip, read one tensor at a time.
+    Pickle(candle_core::pickle::PthTensors, PathBuf),
+}
+
+/// How a linear layer's weight is held once converted (what the model cache stores).
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    Dense(Tensor),
+    F16(Tensor),
+    Quantized(std::sync::Arc<QTensor>),
+}
+
+/// A tensor the model was built from, as kept by the model cache.
+#[derive(Clone, Debug)]
+pub enum Recorded {
+    Plain(Tensor),
+    Linear(LinearWeight),
+}
+
+/// The tensors of one weight file (after key normalisation), read on demand and put on one
+/// device as f32; linear layers are converted to `format` as they are read.
 pub struct TensorStore {
-    tensors: HashMap<String, Tensor>,
+    backing: Backing,
+    /// canonical name → name in the file (absent: the same).
+    alias: HashMap<String, String>,
     /// Human-readable origin used in error messages (repo and file).
     source: String,
+    device: Device,
+    pub format: WeightFormat,
+    /// What the model took from the store, kept for the model cache (None: not recording).
+    record: Option<Mutex<Vec<(String, Recorded)>>>,
 }
 
 impl TensorStore {
+    /// A store of tensors in memory (on the device they are on).
     pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
+        let device = tensors
+            .values()
+            .next()
+            .map(|t| t.device().clone())
+            .unwrap_or(Device::Cpu);
+        Self::with_backing(Backing::Memory(tensors), source, &device)
+    }
+
+    fn with_backing(backing: Backing, source: impl Into<String>, device: &Device) -> Self {
         Self {
-            tensors,
+            backing,
+            alias: HashMap::new(),
             source: source.into(),
+            device: device.clone(),
+            format: WeightFormat::F32,
+            record: None,
         }
     }
 
@@ -49,52 +101,222 @@ impl TensorStore {
             let t = t.to_dtype(dtype)?.to_device(device)?;
             tensors.insert(name, t);
         }
-        Ok(Self::new(tensors, source))
+        Ok(Self::with_backing(Backing::Memory(tensors), source, device))
+    }
+
+    /// A store over a safetensors file, reading each tensor when it is asked for.
+    pub fn lazy_safetensors(
+        path: &Path,
+        source: impl Into<String>,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self::with_backing(
+            Backing::Safetensors(LazySafetensors::open(path)?),
+            source,
+            device,
+        ))
+    }
+
+    /// A store over a `torch.save` zip (`.bin`, `.pt`), reading each tensor when asked for.
+    pub fn lazy_pickle(path: &Path, source: impl Into<String>, device: &Device) -> Result<Self> {
+        Ok(Self::with_backing(
+            Backing::Pickle(open_pickle(path)?, path.to_path_buf()),
+            source,
+            device,
+        ))
+    }
+
+    /// A store over the section `prefix` of a model-cache file.
+    pub fn gguf_section(
+        file: std::sync::Arc<GgufFile>,
+        prefix: &str,
+        source: impl Into<String>,
+        device: &Device,
+    ) -> Self {
+        Self::with_backing(Backing::Gguf(file, prefix.to_string()), source, device)
+    }
+
+    /// Keeps everything the model takes from now on (for the model cache).
+    pub fn start_recording(&mut self) {
+        self.record = Some(Mutex::new(Vec::new()));
+    }
+
+    /// What was taken since [`TensorStore::start_recording`].
+    pub fn take_record(&mut self) -> Vec<(String, Recorded)> {
+        self.record
+            .take()
+            .and_then(|m| m.into_inner().ok())
+            .unwrap_or_default()
+    }
+
+    /// Renames: each canonical name is looked up under its raw name in the file. With
+    /// aliases set, only the aliased names are visible.
+    pub fn set_aliases(&mut self, alias: HashMap<String, String>) {
+        self.alias = alias;
     }
 
     pub fn source(&self) -> &str {
         &self.source
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+    fn raw_names(&self) -> Vec<String> {
+        match &self.backing {
+            Backing::Memory(m) => m.keys().cloned().collect(),
+            Backing::Safetensors(l) => l.float_names(),
+            Backing::Pickle(p, _) => p
+                .tensor_infos()
+                .iter()
+                .filter(|(_, i)| i.dtype.is_float())
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Backing::Gguf(g, prefix) => g
+                .content
+                .tensor_infos
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix.as_str()).map(String::from))
+                .collect(),
+        }
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.tensors.keys()
+    /// Canonical names of the tensors (with aliases set: only the aliased ones).
+    pub fn names(&self) -> Vec<String> {
+        if self.alias.is_empty() {
+            self.raw_names()
+        } else {
+            self.alias.keys().cloned().collect()
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let raw = self.raw(name);
+        match &self.backing {
+            Backing::Memory(m) => m.contains_key(raw),
+            Backing::Safetensors(l) => l.has_float(raw),
+            Backing::Pickle(p, _) => p
+                .tensor_infos()
+                .get(raw)
+                .is_some_and(|i| i.dtype.is_float()),
+            Backing::Gguf(g, prefix) => g
+                .content
+                .tensor_infos
+                .contains_key(&format!("{prefix}{raw}")),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.names().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.len() == 0
+    }
+
+    fn raw<'n>(&'n self, name: &'n str) -> &'n str {
+        if self.alias.is_empty() {
+            name
+        } else {
+            self.alias.get(name).map(|s| s.as_str()).unwrap_or(name)
+        }
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            name: name.to_string(),
+            source_file: self.source.clone(),
+        }
+    }
+
+    /// The tensor `name` as f32 on the device, not recorded.
+    fn fetch(&self, name: &str) -> Result<Tensor> {
+        if !self.alias.is_empty() && !self.alias.contains_key(name) {
+            return Err(self.missing(name));
+        }
+        let raw = self.raw(name);
+        let t = match &self.backing {
+            Backing::Memory(m) => m.get(raw).cloned().ok_or_else(|| self.missing(name))?,
+            Backing::Safetensors(l) => l.read(raw)?.ok_or_else(|| self.missing(name))?,
+            Backing::Pickle(p, path) => p
+                .get(raw)
+                .map_err(|e| Error::BadWeights {
+                    path: path.clone(),
+                    reason: format!("tensor `{raw}`: {e}"),
+                })?
+                .ok_or_else(|| self.missing(name))?,
+            Backing::Gguf(g, prefix) => g
+                .tensor(&format!("{prefix}{raw}"), &self.device)?
+                .ok_or_else(|| self.missing(name))?
+                .dequantize(&self.device)?,
+        };
+        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+    }
+
+    fn check_shape(&self, name: &str, found: &[usize], shape: &[usize]) -> Result<()> {
+        if found != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                source_file: self.source.clone(),
+                expected: shape.to_vec(),
+                found: found.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn keep(&self, name: &str, r: Recorded) {
+        if let Some(rec) = &self.record {
+            if let Ok(mut v) = rec.lock() {
+                v.push((name.to_string(), r));
+            }
+        }
     }
 
     /// The tensor `name`, whose shape must be `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_any(name)?;
-        if t.dims() != shape {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                source_file: self.source.clone(),
-                expected: shape.to_vec(),
-                found: t.dims().to_vec(),
-            });
-        }
+        self.check_shape(name, t.dims(), shape)?;
         Ok(t)
     }
 
     /// The tensor `name`, whatever its shape.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.to_string(),
-                source_file: self.source.clone(),
-            })
+        let t = self.fetch(name)?;
+        self.keep(name, Recorded::Plain(t.clone()));
+        Ok(t)
+    }
+
+    /// A linear layer's weight in the store's format: taken as stored when the store is a
+    /// model cache, else made by `make` (a dense f32 [out, in] weight) and converted.
+    pub fn linear_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        make: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<LinearWeight> {
+        let w = match &self.backing {
+            Backing::Gguf(g, prefix) => {
+                let q = g
+                    .tensor(&format!("{prefix}{name}"), &self.device)?
+                    .ok_or_else(|| self.missing(name))?;
+                self.check_shape(name, q.shape().dims(), shape)?;
+                match q.dtype() {
+                    GgmlDType::F32 => LinearWeight::Dense(q.dequantize(&self.device)?),
+                    GgmlDType::F16 => LinearWeight::F16(q.dequantize_f16(&self.device)?),
+                    _ => LinearWeight::Quantized(std::sync::Arc::new(q)),
+                }
+            }
+            _ => {
+                let w = make()?;
+                self.check_shape(name, w.dims(), shape)?;
+                crate::model::linear::convert_weight(w, self.format)?
+            }
+        };
+        self.keep(name, Recorded::Linear(w.clone()));
+        Ok(w)
+    }
+
+    /// A linear layer's weight read from the tensor `name`.
+    pub fn linear_weight_named(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        self.linear_weight(name, shape, || self.fetch(name))
     }
 
     /// A view that prepends `prefix.` to every name.
@@ -103,6 +325,180 @@ impl TensorStore {
             store: self,
             prefix: prefix.as_ref().to_string(),
         }
+    }
+}
+
+/// A safetensors file read one tensor at a time with plain reads.
+pub struct LazySafetensors {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    data_start: u64,
+    /// name → (dtype, shape, start, end) within the data section.
+    entries: HashMap<String, (DType, Vec<usize>, u64, u64)>,
+}
+
+impl LazySafetensors {
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let bad = |reason: String| Error::BadWeights {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad("not a valid safetensors file (too short)".into()))?;
+        let n = u64::from_le_bytes(n);
+        if n > 100_000_000 || 8 + n > file_len {
+            return Err(bad("not a valid safetensors file (bad header size)".into()));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| bad(format!("not a valid safetensors header ({e})")))?;
+        let data_start = 8 + n;
+        let mut entries = HashMap::new();
+        for (name, v) in header.as_object().into_iter().flatten() {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = match v["dtype"].as_str().unwrap_or("") {
+                "F32" => DType::F32,
+                "F16" => DType::F16,
+                "BF16" => DType::BF16,
+                "F64" => DType::F64,
+                "U8" | "BOOL" => DType::U8,
+                "U32" => DType::U32,
+                "I64" => DType::I64,
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has an unsupported dtype {other}"
+                    )))
+                }
+            };
+            let shape: Vec<usize> = v["shape"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_u64())
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let off: Vec<u64> = v["data_offsets"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| d.as_u64()).collect())
+                .unwrap_or_default();
+            let (start, end) = match off[..] {
+                [a, b] if a <= b => (a, b),
+                _ => return Err(bad(format!("tensor `{name}` has bad data offsets"))),
+            };
+            let want = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+            if end - start != want || data_start + end > file_len {
+                return Err(bad(format!(
+                    "tensor `{name}` needs {want} bytes at {start}..{end}, but the file is {file_len} bytes (truncated?)"
+                )));
+            }
+            entries.insert(name.clone(), (dtype, shape, start, end));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            data_start,
+            entries,
+        })
+    }
+
+    fn float_names(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.0.is_float())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn has_float(&self, name: &str) -> bool {
+        self.entries.get(name).is_some_and(|e| e.0.is_float())
+    }
+
+    /// Every tensor, in memory.
+    pub fn read_all(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut names: Vec<&String> = self.entries.keys().collect();
+        names.sort_by_key(|n| self.entries[*n].2);
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.read(n)?.ok_or_else(|| self.gone(n))?)))
+            .collect()
+    }
+
+    fn gone(&self, name: &str) -> Error {
+        Error::BadWeights {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` vanished"),
+        }
+    }
+
+    /// One tensor on the CPU, or None if the file has no such tensor.
+    pub fn read(&self, name: &str) -> Result<Option<Tensor>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some((dtype, shape, start, end)) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        {
+            let mut f = self.file.lock().map_err(|_| self.gone(name))?;
+            f.seek(SeekFrom::Start(self.data_start + start))
+                .and_then(|_| f.read_exact(&mut buf))
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(Some(Tensor::from_raw_buffer(
+            &buf,
+            *dtype,
+            shape,
+            &Device::Cpu,
+        )?))
+    }
+}
+
+/// A GGUF file (the app's per-format model cache), read one tensor at a time.
+pub struct GgufFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    pub content: candle_core::quantized::gguf_file::Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::BadWeights {
+                path: path.to_path_buf(),
+                reason: format!("not a readable GGUF file ({e})"),
+            }
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            content,
+        })
+    }
+
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Ok(None);
+        }
+        let mut f = self.file.lock().map_err(|_| Error::BadWeights {
+            path: self.path.clone(),
+            reason: "the file lock is poisoned".into(),
+        })?;
+        Ok(Some(self.content.tensor(&mut *f, name, device).map_err(
+            |e| Error::BadWeights {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            },
+        )?))
     }
 }
 
@@ -137,6 +533,29 @@ impl<'a> Vb<'a> {
         self.store.get_any(&self.full(name))
     }
 
+    /// The tensor `name` without keeping it for the model cache (it is only an ingredient).
+    pub fn fetch(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        let full = self.full(name);
+        let t = self.store.fetch(&full)?;
+        self.store.check_shape(&full, t.dims(), shape)?;
+        Ok(t)
+    }
+
+    /// A linear layer's weight `name` of shape `shape`, in the store's format.
+    pub fn linear_weight(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        self.store.linear_weight_named(&self.full(name), shape)
+    }
+
+    /// A linear layer's weight computed by `make` (kept under `key` by the model cache).
+    pub fn derived_linear_weight(
+        &self,
+        key: &str,
+        shape: &[usize],
+        make: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<LinearWeight> {
+        self.store.linear_weight(&self.full(key), shape, make)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.store.contains(&self.full(name))
     }
@@ -157,27 +576,42 @@ pub fn read_tensor_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         return Err(bad("the file does not exist".into()));
     }
     if ext == "safetensors" {
-        let map = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        return Ok(map.into_iter().collect());
+        return LazySafetensors::open(path)?.read_all();
     }
-    // torch.save zip archive; a state dict may sit under a key.
-    let mut all = candle_core::pickle::read_all_with_key(path, None)
+    let pth = open_pickle(path)?;
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = pth
+                .get(n)
+                .map_err(|e| bad(format!("tensor `{n}`: {e}")))?
+                .ok_or_else(|| bad(format!("tensor `{n}` vanished")))?;
+            Ok((n.clone(), t))
+        })
+        .collect()
+}
+
+/// The tensors of a `torch.save` zip, found at the top or under a usual state-dict key.
+pub fn open_pickle(path: &Path) -> Result<candle_core::pickle::PthTensors> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let top = candle_core::pickle::PthTensors::new(path, None)
         .map_err(|e| bad(format!("not a readable PyTorch zip checkpoint ({e})")))?;
-    if all.is_empty() {
-        for key in ["model_state_dict", "state_dict", "model"] {
-            if let Ok(t) = candle_core::pickle::read_all_with_key(path, Some(key)) {
-                if !t.is_empty() {
-                    all = t;
-                    break;
-                }
+    if !top.tensor_infos().is_empty() {
+        return Ok(top);
+    }
+    for key in ["model_state_dict", "state_dict", "model"] {
+        if let Ok(t) = candle_core::pickle::PthTensors::new(path, Some(key)) {
+            if !t.tensor_infos().is_empty() {
+                return Ok(t);
             }
         }
     }
-    if all.is_empty() {
-        return Err(bad("no tensors found".into()));
-    }
-    Ok(all)
+    Err(bad("no tensors found".into()))
 }
 
 /// Every tensor of a weight file; a pickled one (`.pt`/`.bin`) goes through `cache` when

@@ -88,7 +88,10 @@ impl MosaicGpt {
         Ok(Self {
             ln_f: layer_norm(&t, "ln_f", cfg.d_model, LN_EPS, false)?,
             cfg: cfg.clone(),
-            head: Linear::new(wte.clone(), None),
+            head: {
+                let (vocab, d) = wte.dims2()?;
+                Linear::derived(vb, "lm_head.tied", d, vocab, || Ok(wte.clone()))?
+            },
             wte,
             blocks,
             slopes,

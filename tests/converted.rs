@@ -1,0 +1,218 @@
+//! The converted-weights cache: pickled files (`pytorch_model.bin`, `checkpoint.pt`) are
+//! unpickled once and kept as safetensors in the app's cache, keyed by their blob; later
+//! loads read the copy, give the same model, and a changed source is converted again.
+//! Run with `--nocapture` for the timings.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::Device;
+use common::*;
+use flamingo::hub::{registry, resolve_in};
+use flamingo::model::converted::{ConvertCache, Source};
+use flamingo::model::linear::WeightFormat;
+use flamingo::model::weights::read_tensor_file;
+use flamingo::pipeline::{CaptionRequest, Captioner, ImageInput};
+use flamingo::text::prompt::{Task, Templates};
+
+fn tokens(c: &Captioner) -> Vec<u32> {
+    let req = CaptionRequest {
+        task: Task::Caption,
+        shots: vec![],
+        query: ImageInput::Path(fixtures().join("images").join("astronaut.png")),
+        question: String::new(),
+        templates: Templates::default(),
+        generation: flamingo::generate::GenerationConfig {
+            max_new_tokens: 5,
+            ..Default::default()
+        },
+        keep_logits: false,
+    };
+    c.caption(&req, &AtomicBool::new(false), |_| {})
+        .unwrap()
+        .generated
+        .tokens
+}
+
+fn load(hub_dir: &Path, convert: &Path) -> (Captioner, f64) {
+    let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
+    let mut files = resolve_in(hub_dir, spec).unwrap();
+    files.convert = Some(ConvertCache::new(convert));
+    let t0 = Instant::now();
+    let c = Captioner::from_files(spec, files, &Device::Cpu, WeightFormat::F32).unwrap();
+    (c, t0.elapsed().as_secs_f64())
+}
+
+fn entries(dir: &Path, ext: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn pickled_weights_are_converted_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let convert = dir.path().join("converted");
+    let (first, t_first) = load(&hub("hf"), &convert);
+    // pytorch_model.bin and checkpoint.pt are converted; the CLIP file is safetensors already.
+    assert_eq!(entries(&convert, "safetensors"), 2);
+    assert_eq!(entries(&convert, "json"), 2);
+    let (second, t_second) = load(&hub("hf"), &convert);
+    assert_eq!(tokens(&first), tokens(&second));
+    eprintln!(
+        "load: first (unpickle + convert) {t_first:.3} s, second (converted copy) {t_second:.3} s"
+    );
+
+    // The file-level figures: reading each pickled file against reading its converted copy.
+    let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
+    let files = resolve_in(&hub("hf"), spec).unwrap();
+    let cache = ConvertCache::new(&convert);
+    for f in [&files.checkpoint, &files.lm_weights[0]] {
+        let t0 = Instant::now();
+        let original = read_tensor_file(&f.path).unwrap();
+        let t_orig = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let (copy, src) = cache.read(&f.path, read_tensor_file).unwrap();
+        let t_copy = t0.elapsed().as_secs_f64();
+        assert_eq!(src, Source::Converted);
+        assert_eq!(original.len(), copy.len());
+        for (name, t) in &original {
+            let (_, c) = copy.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(t.dims(), c.dims(), "{name}");
+            assert_eq!(t.dtype(), c.dtype(), "{name}");
+            let same = t
+                .flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .ne(&c
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap())
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(same, 0.0, "{name} differs in the converted copy");
+        }
+        eprintln!(
+            "{}: unpickle {t_orig:.3} s, converted copy {t_copy:.3} s ({:.1}x)",
+            f.label,
+            t_orig / t_copy.max(1e-9)
+        );
+    }
+}
+
+#[test]
+fn a_changed_or_damaged_source_is_converted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let convert = ConvertCache::new(dir.path().join("converted"));
+    // A pickled file outside the hub layout is keyed by path, size and time.
+    let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
+    let files = resolve_in(&hub("hf"), spec).unwrap();
+    let src = dir.path().join("checkpoint.pt");
+    std::fs::copy(&files.checkpoint.path, &src).unwrap();
+    let (_, s1) = convert.read(&src, read_tensor_file).unwrap();
+    let (_, s2) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!((s1, s2), (Source::Original, Source::Converted));
+
+    // Another file in its place (the fixture LM weights): a new key, a new conversion, and
+    // the tensors of the new file.
+    let key1 = ConvertCache::key(&src).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::copy(&files.lm_weights[0].path, &src).unwrap();
+    let key2 = ConvertCache::key(&src).unwrap();
+    assert_ne!(key1, key2);
+    let (t, s3) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!(s3, Source::Original);
+    assert!(t.iter().any(|(n, _)| n.contains("transformer.blocks")));
+
+    // A damaged copy is not trusted: the source is read again and the copy rewritten.
+    let copy = convert.dir.join(format!("{key2}.safetensors"));
+    let len = std::fs::metadata(&copy).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (_, s4) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!(s4, Source::Original);
+    let (_, s5) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!(s5, Source::Converted);
+}
+
+fn load_as(hub_dir: &Path, convert: &Path, fmt: WeightFormat) -> (Captioner, f64) {
+    let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
+    let mut files = resolve_in(hub_dir, spec).unwrap();
+    files.convert = Some(ConvertCache::new(convert));
+    let t0 = Instant::now();
+    let c = Captioner::from_files(spec, files, &Device::Cpu, fmt).unwrap();
+    (c, t0.elapsed().as_secs_f64())
+}
+
+fn models(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("models"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn quantized_models_are_kept_per_format_and_reload_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let convert = dir.path().join("converted");
+    let mut n = 0;
+    for fmt in [WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::F16] {
+        // No cached model: built from the weight files, quantized as read, then kept.
+        let (fresh, t_fresh) = load_as(&hub("hf"), &convert, fmt);
+        n += 1;
+        let files = models(dir.path());
+        assert_eq!(files.len(), n, "{files:?}");
+        assert!(files.iter().any(|p| p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(fmt.name())));
+        // From the kept model: the same tokens.
+        let (cached, t_cached) = load_as(&hub("hf"), &convert, fmt);
+        assert_eq!(tokens(&fresh), tokens(&cached), "{fmt:?}");
+        assert_eq!(cached.model.weight_format(), fmt);
+        eprintln!(
+            "{}: first load {t_fresh:.3} s, from the kept model {t_cached:.3} s",
+            fmt.name()
+        );
+    }
+    // A damaged kept model is not used: the model is rebuilt (same tokens) and kept again.
+    let q8 = models(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("q8_0"))
+        .unwrap();
+    let len = std::fs::metadata(&q8).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&q8)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let (rebuilt, _) = load_as(&hub("hf"), &convert, WeightFormat::Q8_0);
+    let (plain, _) = load_as(&hub("hf"), &dir.path().join("other"), WeightFormat::Q8_0);
+    assert_eq!(tokens(&rebuilt), tokens(&plain));
+    assert_eq!(std::fs::metadata(&q8).unwrap().len(), len);
+}
