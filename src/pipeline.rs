@@ -232,6 +232,20 @@ impl Captioner {
         })
     }
 
+    /// Runs one tiny image and prompt through the model so that one-time work (candle's
+    /// repacking of quantized weights for its matmul kernels, thread start-up, first
+    /// allocations) is done before the first real request. Changes no cache.
+    pub fn warm_up(&self) -> Result<()> {
+        let s = self.model.image_size();
+        let pixels = Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &Device::Cpu)?;
+        let latents = self.model.encode_images(&pixels)?;
+        let mut session = self.model.session(&latents.unsqueeze(0)?)?;
+        let media = self.tokenizer.media_id;
+        session.forward(&[vec![media, self.tokenizer.eoc_id]])?;
+        session.forward(&[vec![self.tokenizer.eoc_id]])?;
+        Ok(())
+    }
+
     /// How often the caches were used.
     pub fn cache_stats(&self) -> CacheStats {
         self.caches.lock().map(|c| c.stats).unwrap_or_default()

@@ -384,7 +384,7 @@ fn models(json: bool) -> anyhow::Result<()> {
     println!("Hugging Face cache: {}", cache.display());
     for r in rows {
         println!(
-            "{:<55} {:<10} {:<8} ~{:>4.1} GB  {}",
+            "{:<55} {:<10} {:<8} ~{:>4.1} GB download, ~{:>2.0} GB RAM (f32)  {}",
             r["id"].as_str().unwrap_or(""),
             r["family"].as_str().unwrap_or(""),
             if r["runs"].as_bool() == Some(true) {
@@ -393,6 +393,7 @@ fn models(json: bool) -> anyhow::Result<()> {
                 "not yet"
             },
             r["download_gb"].as_f64().unwrap_or(0.0),
+            r["ram_gb"].as_f64().unwrap_or(0.0),
             if r["cached"].as_bool() == Some(true) {
                 format!(
                     "cached ({:.2} GB on disk)",

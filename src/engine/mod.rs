@@ -278,8 +278,12 @@ fn run(
                             load_s: c.load_s,
                         };
                         let tokenizer = Arc::new(c.tokenizer.clone());
-                        model = Some(c);
                         send(Event::Loaded { info, tokenizer });
+                        // While the user looks at the screen: a request sent now waits for this.
+                        if let Err(e) = c.warm_up() {
+                            eprintln!("note: warm-up failed: {e}");
+                        }
+                        model = Some(c);
                     }
                     Err(Error::Cancelled) => send(Event::LoadFailed {
                         model_id,

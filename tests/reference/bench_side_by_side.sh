@@ -1,18 +1,54 @@
 #!/usr/bin/env bash
-# Runs `flamingo bench` and the PyTorch reference at the same shape, one after the other, and
-# prints both JSON objects and the ratios (Rust / PyTorch). Needs the reference environment.
+# Runs `flamingo bench` in every weight format and the PyTorch reference (f32) at the same
+# shape, one after the other on a quiet machine, and prints one table of the figures and the
+# ratios to PyTorch. Needs the reference environment (tests/reference/README.md).
 #   tests/reference/bench_side_by_side.sh 3b /path/to/venv/bin/python /path/to/mpt_redpajama
+# FORMATS="f32 q8_0" limits the formats; THREADS (default 2) sets the threads of both sides.
 set -euo pipefail
 shape=${1:-tiny}; py=${2:-python3}; code=${3:?folder with MosaicGPT remote code}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${FLAMINGO_BIN:-$root/target/release/flamingo}
-rust=$("$bin" bench --shape "$shape" --threads 2)
-torch=$("$py" "$root/tests/reference/bench_reference.py" --shape "$shape" --threads 2 --mosaic-gpt-code "$code" 2>/dev/null)
-echo "rust:  $rust"
-echo "torch: $torch"
-"$py" - "$rust" "$torch" <<'PY'
-import json, sys
-r, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for k in ["encode_s_per_image", "prefill_s", "decode_s_per_token", "peak_rss_bytes"]:
-    print(f"{k:22s} rust {r[k]:.4g}  torch {t[k]:.4g}  ratio {r[k] / t[k]:.2f}x")
+threads=${THREADS:-2}
+out=$(mktemp -d)
+for f in ${FORMATS:-f32 f16 q8_0 q4k}; do
+  echo "== flamingo bench --shape $shape --dtype $f" >&2
+  "$bin" bench --shape "$shape" --threads "$threads" --dtype "$f" >"$out/$f.json"
+done
+echo "== PyTorch reference" >&2
+"$py" "$root/tests/reference/bench_reference.py" --shape "$shape" --threads "$threads" \
+  --mosaic-gpt-code "$code" 2>/dev/null >"$out/torch.json"
+"$py" - "$out" ${FORMATS:-f32 f16 q8_0 q4k} <<'PY'
+import json, sys, os
+d, fmts = sys.argv[1], sys.argv[2:]
+t = json.load(open(os.path.join(d, "torch.json")))
+rows = [(f, json.load(open(os.path.join(d, f + ".json")))) for f in fmts]
+cols = [("encode_s_per_image", "encode/img s"), ("prefill_s", "prefill s"),
+        ("decode_s_per_token", "decode/tok s"), ("cold_caption_s", "cold caption s"),
+        ("requery_ttft_s", "re-query TTFT s"), ("peak_rss_bytes", "peak RSS GB")]
+def cell(v, k):
+    return f"{v / 1e9:.2f}" if k == "peak_rss_bytes" else f"{v:.3f}"
+print("| | " + " | ".join(c[1] for c in cols) + " | logit cos min | top-1 vs f32 |")
+print("|---" * (len(cols) + 3) + "|")
+def fid(r):
+    f = r.get("fidelity_vs_f32")
+    return (f"{f['cosine_min']:.5f}", f"{100 * f['top1_agreement']:.1f}%") if f else ("1", "100%")
+pt = ["PyTorch f32"]
+for k, _ in cols:
+    pt.append(cell(t[k], k) if k in t else "")
+print("| " + " | ".join(pt) + " | | |")
+for f, r in rows:
+    cells = [f"flamingo {f}"]
+    for k, _ in cols:
+        v = cell(r[k], k)
+        if k in t and t[k]:
+            v += f" ({r[k] / t[k]:.2f}x)"
+        cells.append(v)
+    print("| " + " | ".join(cells) + " | " + " | ".join(fid(r)) + " |")
+# PyTorch has no re-query cache: its re-query costs an encode of every image plus the whole
+# prefill again; this line gives that figure for comparison.
+if "encode_s_per_image" in t and "prefill_s" in t:
+    n = rows[0][1].get("images", 3) if rows else 3
+    print(f"\nPyTorch re-query (no caches): {n} encodes + prefill = "
+          f"{n * t['encode_s_per_image'] + t['prefill_s']:.3f} s")
 PY
+rm -rf "$out"
