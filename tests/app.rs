@@ -31,7 +31,8 @@ fn harness(data_dir: &Path) -> Harness<'static, FlamingoApp> {
         offline: true,
         autoload: true,
         model_id: None,
-        weights: None,
+        // The reference's tokens are f32's.
+        weights: Some(flamingo::model::linear::WeightFormat::F32),
         stable_for_snapshots: true,
         ..Default::default()
     };

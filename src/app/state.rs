@@ -44,7 +44,9 @@ pub struct Settings {
     pub recent_sets: Vec<PathBuf>,
     /// Decoding options (its `max_new_tokens` is the one above).
     pub generation: crate::generate::GenerationConfig,
-    /// Weight format the model is loaded in.
+    /// Weight format the model is loaded in. The app defaults to q8_0: about 4x faster
+    /// decoding and 2x faster image encoding than f32 on a laptop CPU for a logit cosine
+    /// above 0.999 (README, "Weight formats and caches"); f32 stays one click away.
     pub weights: crate::model::linear::WeightFormat,
 }
 
@@ -56,7 +58,7 @@ impl Default for Settings {
             threads: None,
             recent_sets: Vec::new(),
             generation: Default::default(),
-            weights: Default::default(),
+            weights: crate::model::linear::WeightFormat::Q8_0,
         }
     }
 }
