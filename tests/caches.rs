@@ -7,30 +7,12 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use flamingo::pipeline::{CacheStats, CaptionRequest, Captioner, ImageInput, Shot};
-use flamingo::text::prompt::{ShotText, Task, Templates};
+use flamingo::pipeline::{CacheStats, CaptionRequest, Captioner};
 
 fn request(shots: &[(&str, &str)], query: &str) -> CaptionRequest {
     CaptionRequest {
-        task: Task::Caption,
-        shots: shots
-            .iter()
-            .map(|(i, c)| Shot {
-                image: ImageInput::Path(fixtures().join("images").join(i)),
-                text: ShotText {
-                    caption: c.to_string(),
-                    ..Default::default()
-                },
-            })
-            .collect(),
-        query: ImageInput::Path(fixtures().join("images").join(query)),
-        question: String::new(),
-        templates: Templates::default(),
-        generation: flamingo::generate::GenerationConfig {
-            max_new_tokens: 6,
-            ..Default::default()
-        },
         keep_logits: true,
+        ..caption_request(shots, query, 6)
     }
 }
 

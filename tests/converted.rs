@@ -15,26 +15,17 @@ use flamingo::hub::{registry, resolve_in};
 use flamingo::model::converted::{ConvertCache, Source};
 use flamingo::model::linear::WeightFormat;
 use flamingo::model::weights::read_tensor_file;
-use flamingo::pipeline::{CaptionRequest, Captioner, ImageInput};
-use flamingo::text::prompt::{Task, Templates};
+use flamingo::pipeline::Captioner;
 
 fn tokens(c: &Captioner) -> Vec<u32> {
-    let req = CaptionRequest {
-        task: Task::Caption,
-        shots: vec![],
-        query: ImageInput::Path(fixtures().join("images").join("astronaut.png")),
-        question: String::new(),
-        templates: Templates::default(),
-        generation: flamingo::generate::GenerationConfig {
-            max_new_tokens: 5,
-            ..Default::default()
-        },
-        keep_logits: false,
-    };
-    c.caption(&req, &AtomicBool::new(false), |_| {})
-        .unwrap()
-        .generated
-        .tokens
+    c.caption(
+        &caption_request(&[], "astronaut.png", 5),
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap()
+    .generated
+    .tokens
 }
 
 fn load(hub_dir: &Path, convert: &Path) -> (Captioner, f64) {

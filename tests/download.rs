@@ -14,8 +14,7 @@ use common::hub_server::{Fault, HubServer};
 use common::*;
 use flamingo::hub::download::{ensure_model, DownloadEvent, DownloadOptions};
 use flamingo::hub::registry;
-use flamingo::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
-use flamingo::text::prompt::{ShotText, Task, Templates};
+use flamingo::pipeline::Captioner;
 
 const LM: &str = "anas-awadalla/mpt-1b-redpajama-200b";
 
@@ -44,25 +43,11 @@ fn download(
 
 fn caption_tokens(cache: &Path) -> Vec<u32> {
     let c = Captioner::load_from(cache, flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    let img = |n: &str| ImageInput::Path(fixtures().join("images").join(n));
-    let req = CaptionRequest {
-        task: Task::Caption,
-        shots: vec![Shot {
-            image: img("chelsea.png"),
-            text: ShotText {
-                caption: "A cat lying on a rug.".into(),
-                ..Default::default()
-            },
-        }],
-        query: img("astronaut.png"),
-        question: String::new(),
-        templates: Templates::default(),
-        generation: flamingo::generate::GenerationConfig {
-            max_new_tokens: 5,
-            ..Default::default()
-        },
-        keep_logits: false,
-    };
+    let req = caption_request(
+        &[("chelsea.png", "A cat lying on a rug.")],
+        "astronaut.png",
+        5,
+    );
     c.caption(&req, &AtomicBool::new(false), |_| {})
         .unwrap()
         .generated
@@ -382,12 +367,7 @@ fn cli_downloads_with_hf_endpoint_then_works_offline_with_the_server_stopped() {
         .arg(image("astronaut.png"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 3);
 
     // Offline without the cache: a clear error at once, naming what is missing.

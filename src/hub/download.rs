@@ -15,7 +15,7 @@ use hf_hub::HFError;
 use sha2::Digest;
 
 use super::registry::ModelSpec;
-use super::{cached_file, offline, repo_folder, resolve_in};
+use super::{cached_file, offline, repo_folder, resolve_in, shard_names};
 use crate::error::{Error, Result};
 use crate::model::loader::ModelFiles;
 
@@ -147,22 +147,6 @@ pub fn needed_files(spec: &ModelSpec) -> Vec<Need> {
         ),
         need(spec.checkpoint_repo, &[spec.checkpoint_file]),
     ]
-}
-
-fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let v = crate::model::config::read_json(index)?;
-    let mut files: Vec<String> = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files.dedup();
-    Ok(files)
 }
 
 fn need_is_cached(cache: &Path, need: &Need) -> bool {

@@ -143,7 +143,8 @@ pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
     })
 }
 
-fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
+/// The shard files a `*.index.json` names, sorted, each once.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     let v = crate::model::config::read_json(index)?;
     let mut files: Vec<String> = v
         .get("weight_map")
@@ -156,7 +157,11 @@ fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
         .unwrap_or_default();
     files.sort();
     files.dedup();
-    files
+    Ok(files)
+}
+
+fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
+    shard_names(index)?
         .iter()
         .map(|f| {
             Ok(WeightFile {

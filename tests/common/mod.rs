@@ -60,3 +60,45 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
     eprintln!("{what}: relative error {e:e}");
 }
+
+/// A greedy caption request over fixture images: `shots` are (image, caption) pairs.
+pub fn caption_request(
+    shots: &[(&str, &str)],
+    query: &str,
+    max_new_tokens: usize,
+) -> flamingo::pipeline::CaptionRequest {
+    use flamingo::pipeline::{CaptionRequest, ImageInput, Shot};
+    use flamingo::text::prompt::{ShotText, Task, Templates};
+    let img = |n: &str| ImageInput::Path(fixtures().join("images").join(n));
+    CaptionRequest {
+        task: Task::Caption,
+        shots: shots
+            .iter()
+            .map(|(i, c)| Shot {
+                image: img(i),
+                text: ShotText {
+                    caption: c.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect(),
+        query: img(query),
+        question: String::new(),
+        templates: Templates::default(),
+        generation: flamingo::generate::GenerationConfig {
+            max_new_tokens,
+            ..Default::default()
+        },
+        keep_logits: false,
+    }
+}
+
+/// The JSON a successful command printed; its stderr when it failed.
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
