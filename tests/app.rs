@@ -406,6 +406,12 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
     let mut h = Harness::builder()
         .with_size(egui::vec2(1180.0, 760.0))
         .build_eframe(move |cc| FlamingoApp::new(cc, opts));
+    // Nothing is fetched before the user asks: gigabytes wait for a click.
+    h.step();
+    assert!(matches!(h.state().model, ModelState::NotLoaded));
+    assert_eq!(server.gets(), 0);
+    h.get_by_label_contains("Download (~11 GB) and load")
+        .click();
     wait_until(&mut h, "download progress", |a| {
         a.download.as_ref().is_some_and(|d| d.file_done > 0)
     });

@@ -282,6 +282,8 @@ pub struct FlamingoApp {
     pub model: ModelState,
     /// Progress of the model's download while it is fetched (not persisted).
     pub download: Option<DownloadView>,
+    /// At start, the model was not cached: the download (this many GB) waits for a click.
+    pub download_needed: Option<f64>,
     pub output: Output,
     pub messages: Vec<Message>,
     pub frames: FrameStats,
@@ -345,6 +347,7 @@ impl FlamingoApp {
             ws: WorkingSet::new(),
             model: ModelState::NotLoaded,
             download: None,
+            download_needed: None,
             output: Output::default(),
             messages: Vec::new(),
             frames: FrameStats::default(),
@@ -366,7 +369,17 @@ impl FlamingoApp {
         app.restore_working_set();
         if opts.autoload {
             let id = app.settings.model_id.clone();
-            app.apply(Command::LoadModel(id));
+            // A model that would have to be downloaded (gigabytes) waits for the user's click;
+            // offline, the load runs so that its error says what is missing.
+            let cache = opts.hub_cache.clone().unwrap_or_else(crate::hub::cache_dir);
+            let missing = crate::hub::registry::find(&id)
+                .filter(|spec| crate::hub::resolve_in(&cache, spec).is_err());
+            match missing {
+                Some(spec) if !(opts.offline || crate::hub::offline()) => {
+                    app.download_needed = Some(spec.download_gb);
+                }
+                _ => app.apply(Command::LoadModel(id)),
+            }
         }
         app
     }
@@ -498,6 +511,7 @@ impl FlamingoApp {
             Command::Score => self.score(),
             Command::Stop | Command::CancelDownload => self.engine.cancel(),
             Command::LoadModel(id) => {
+                self.download_needed = None;
                 self.settings.model_id = id.clone();
                 self.model = ModelState::Loading(id.clone());
                 self.tokenizer = None;

@@ -104,7 +104,11 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             .labelled_by(model_label.id);
         match &app.model {
             ModelState::NotLoaded => {
-                if ui.button("Load").clicked() {
+                let label = match app.download_needed {
+                    Some(gb) => format!("Download (~{gb:.0} GB) and load"),
+                    None => "Load".to_string(),
+                };
+                if ui.button(label).clicked() {
                     cmds.push(Command::LoadModel(current.clone()));
                 }
             }
