@@ -229,6 +229,17 @@ impl ProgressHandler for Watch {
                         }
                     }
                 }
+                // Files stored on Xet report their bytes only in aggregate (one file here).
+                HubEvent::AggregateProgress {
+                    bytes_completed,
+                    total_bytes,
+                    ..
+                } => {
+                    self.done.fetch_max(*bytes_completed, Ordering::Relaxed);
+                    if *total_bytes > 0 {
+                        self.total.store(*total_bytes, Ordering::Relaxed);
+                    }
+                }
                 _ => {}
             }
         }
@@ -641,6 +652,34 @@ mod tests {
         assert_eq!(verify(&q, 0), Ok(data.len() as u64));
         let bad = write(dir.path(), &"0".repeat(64), data);
         assert!(verify(&bad, 0).unwrap_err().contains("content hash"));
+    }
+
+    #[test]
+    fn progress_counts_per_file_and_xet_aggregate_bytes() {
+        use hf_hub::progress::{FileProgress, FileStatus};
+        let w = Watch::default();
+        let ev = |e| w.on_progress(&ProgressEvent::Download(e));
+        ev(HubEvent::Start {
+            total_files: 1,
+            total_bytes: 1000,
+        });
+        ev(HubEvent::Progress {
+            files: vec![FileProgress {
+                filename: "a".into(),
+                bytes_completed: 300,
+                total_bytes: 1000,
+                status: FileStatus::InProgress,
+            }],
+        });
+        assert_eq!(w.done.load(Ordering::Relaxed), 300);
+        ev(HubEvent::AggregateProgress {
+            bytes_completed: 700,
+            total_bytes: 1000,
+            bytes_per_sec: None,
+        });
+        assert_eq!(w.done.load(Ordering::Relaxed), 700);
+        assert_eq!(w.total.load(Ordering::Relaxed), 1000);
+        assert!(w.started.load(Ordering::Relaxed));
     }
 
     fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
