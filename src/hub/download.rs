@@ -420,14 +420,26 @@ impl<'a> Downloader<'a> {
     ) -> Attempt {
         let (owner, name) = hf_hub::split_id(repo);
         let repo_handle = self.client.model(owner, name);
-        let progress = hf_hub::progress::Progress::from(Arc::clone(watch));
+        let handler = hf_hub::progress::Progress::from(Arc::clone(watch));
         let stall = self.opts.stall;
         let base = self.done;
+        let progress = |file_done: u64, file_total: u64, bytes_per_s: f64, eta_s: Option<f64>| {
+            DownloadEvent::Progress(DownloadProgress {
+                label: label.to_string(),
+                file_index: index,
+                file_count: count,
+                file_done,
+                file_total,
+                done: base + file_done,
+                bytes_per_s,
+                eta_s,
+            })
+        };
         self.rt.block_on(async {
             let fut = repo_handle
                 .download_file()
                 .filename(file)
-                .progress(progress)
+                .progress(handler)
                 .send();
             tokio::pin!(fut);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -446,16 +458,8 @@ impl<'a> Downloader<'a> {
                         }
                         let done = watch.done.load(Ordering::Relaxed);
                         if r.is_ok() && (done != last_bytes || !announced) {
-                            observer(DownloadEvent::Progress(DownloadProgress {
-                                label: label.to_string(),
-                                file_index: index,
-                                file_count: count,
-                                file_done: done,
-                                file_total: total.max(done),
-                                done: base + done,
-                                bytes_per_s: rate.push(Instant::now(), done),
-                                eta_s: Some(0.0),
-                            }));
+                            let bps = rate.push(Instant::now(), done);
+                            observer(progress(done, total.max(done), bps, Some(0.0)));
                         }
                         return Attempt::Done(r);
                     }
@@ -475,16 +479,7 @@ impl<'a> Downloader<'a> {
                             last_change = now;
                             let bps = rate.push(now, done);
                             let eta_s = (bps > 0.0 && total >= done).then(|| (total - done) as f64 / bps);
-                            observer(DownloadEvent::Progress(DownloadProgress {
-                                label: label.to_string(),
-                                file_index: index,
-                                file_count: count,
-                                file_done: done,
-                                file_total: total,
-                                done: base + done,
-                                bytes_per_s: bps,
-                                eta_s,
-                            }));
+                            observer(progress(done, total, bps, eta_s));
                         } else if now.duration_since(last_change) > stall {
                             return Attempt::Stalled;
                         }

@@ -71,16 +71,6 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let (out_dim, in_dim) = weight.dims2().unwrap_or((0, 0));
-        Self {
-            weight: Weight::Dense(weight),
-            bias,
-            in_dim,
-            out_dim,
-        }
-    }
-
     /// A layer from a weight already in its format.
     pub fn from_weight(w: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
         let (weight, dims) = match w {

@@ -75,17 +75,6 @@ impl TensorStore {
         }
     }
 
-    /// Reads a `.safetensors`, `.bin`/`.pt`/`.pth` (torch zip) file. Float tensors are converted
-    /// to `dtype` and moved to `device`; integer and bool tensors are dropped (buffers).
-    pub fn load(
-        path: &Path,
-        source: impl Into<String>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::from_tensors(read_tensor_file(path)?, source, dtype, device)
-    }
-
     /// A store of tensors already read (float ones only, as `dtype` on `device`).
     pub fn from_tensors(
         raw: Vec<(String, Tensor)>,
@@ -201,14 +190,6 @@ impl TensorStore {
                 .tensor_infos
                 .contains_key(&format!("{prefix}{raw}")),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.names().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn raw<'n>(&'n self, name: &'n str) -> &'n str {
