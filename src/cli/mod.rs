@@ -356,8 +356,9 @@ fn models(json: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| crate::hub::repo_bytes(&cache, r))
                 .sum();
-            let files: Vec<serde_json::Value> = crate::hub::download::needed_files(m)
-                .iter()
+            let files: Vec<serde_json::Value> = m
+                .files()
+                .into_iter()
                 .map(|n| {
                     let cached = n
                         .choices

@@ -14,8 +14,8 @@ use hf_hub::progress::{DownloadEvent as HubEvent, ProgressEvent, ProgressHandler
 use hf_hub::HFError;
 use sha2::Digest;
 
-use super::registry::ModelSpec;
-use super::{cached_file, offline, repo_folder, resolve_in, shard_names};
+use super::registry::{ModelSpec, Need};
+use super::{cached_file, offline, repo_folder, resolve_in, resolve_need, shard_names};
 use crate::error::{Error, Result};
 use crate::model::loader::ModelFiles;
 
@@ -108,59 +108,6 @@ impl DownloadOptions {
     }
 }
 
-/// One file the model needs from a repo: the first of `choices` the repo has. A choice
-/// ending in `.index.json` stands for a sharded checkpoint (the index and its shards).
-#[derive(Clone, Debug)]
-pub struct Need {
-    pub repo: &'static str,
-    pub choices: Vec<&'static str>,
-}
-
-impl Need {
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.repo, self.choices.join(" or "))
-    }
-}
-
-/// Everything `spec` needs, in the order it is fetched (small files first).
-pub fn needed_files(spec: &ModelSpec) -> Vec<Need> {
-    let need = |repo, choices: &[&'static str]| Need {
-        repo,
-        choices: choices.to_vec(),
-    };
-    vec![
-        need(spec.clip_repo, &["open_clip_config.json"]),
-        need(spec.lm_repo, &["config.json"]),
-        need(spec.lm_repo, &["tokenizer.json"]),
-        need(
-            spec.clip_repo,
-            &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
-        ),
-        need(
-            spec.lm_repo,
-            &[
-                "model.safetensors.index.json",
-                "model.safetensors",
-                "pytorch_model.bin.index.json",
-                "pytorch_model.bin",
-            ],
-        ),
-        need(spec.checkpoint_repo, &[spec.checkpoint_file]),
-    ]
-}
-
-fn need_is_cached(cache: &Path, need: &Need) -> bool {
-    need.choices
-        .iter()
-        .any(|c| match cached_file(cache, need.repo, c) {
-            Some(index) if c.ends_with(".index.json") => shard_names(&index)
-                .map(|s| s.iter().all(|f| cached_file(cache, need.repo, f).is_some()))
-                .unwrap_or(false),
-            Some(_) => true,
-            None => false,
-        })
-}
-
 /// The model's files, fetching whatever the cache lacks unless offline. With everything
 /// cached, no network request is made.
 pub fn ensure_model(
@@ -172,9 +119,10 @@ pub fn ensure_model(
     if let Ok(files) = resolve_in(&opts.cache, spec) {
         return Ok(files);
     }
-    let missing: Vec<Need> = needed_files(spec)
+    let missing: Vec<Need> = spec
+        .files()
         .into_iter()
-        .filter(|n| !need_is_cached(&opts.cache, n))
+        .filter(|n| resolve_need(&opts.cache, n).is_err())
         .collect();
     if missing.is_empty() {
         return resolve_in(&opts.cache, spec);

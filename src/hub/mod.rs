@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::model::loader::ModelFiles;
 use crate::model::weights::WeightFile;
-pub use registry::{ModelSpec, DEFAULT_MODEL};
+pub use registry::{ModelSpec, Need, DEFAULT_MODEL};
 
 /// The hub cache folder, by huggingface_hub's rules: `HF_HUB_CACHE`, else the legacy
 /// `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
@@ -93,21 +93,27 @@ fn missing(cache: &Path, repo: &str, file: &str) -> Error {
     }
 }
 
-/// The first of `candidates` present in the cache, or an error naming the first one.
-fn first_of(cache: &Path, repo: &str, candidates: &[&str]) -> Result<WeightFile> {
-    for c in candidates {
-        if let Some(path) = cached_file(cache, repo, c) {
-            return Ok(WeightFile {
+/// The cached files that meet `need`: its first cached choice, an index with all its shards.
+/// A missing file is an error naming it (all the choices, or the missing shard).
+pub(crate) fn resolve_need(cache: &Path, need: &Need) -> Result<Vec<WeightFile>> {
+    for c in &need.choices {
+        if let Some(path) = cached_file(cache, need.repo, c) {
+            if c.ends_with(".index.json") {
+                return sharded(cache, need.repo, &path);
+            }
+            return Ok(vec![WeightFile {
                 path,
-                label: format!("{repo}/{c}"),
-            });
+                label: format!("{}/{c}", need.repo),
+            }]);
         }
     }
-    Err(missing(cache, repo, &candidates.join(" or ")))
+    Err(missing(cache, need.repo, &need.choices.join(" or ")))
 }
 
-fn one(cache: &Path, repo: &str, file: &str) -> Result<PathBuf> {
-    cached_file(cache, repo, file).ok_or_else(|| missing(cache, repo, file))
+/// The one file that meets a need of a single file.
+fn resolve_one(cache: &Path, need: &Need) -> Result<WeightFile> {
+    let mut files = resolve_need(cache, need)?;
+    Ok(files.remove(0))
 }
 
 /// Every file of a registered model, from the default cache; no network is used.
@@ -117,28 +123,14 @@ pub fn resolve_cached(spec: &ModelSpec) -> Result<ModelFiles> {
 
 /// Every file of a registered model from the cache folder `cache`.
 pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
-    let lm_weights = match cached_file(cache, spec.lm_repo, "model.safetensors.index.json")
-        .or_else(|| cached_file(cache, spec.lm_repo, "pytorch_model.bin.index.json"))
-    {
-        Some(index) => sharded(cache, spec.lm_repo, &index)?,
-        // Prefer safetensors when both are present: it loads without unpickling.
-        None => vec![first_of(
-            cache,
-            spec.lm_repo,
-            &["model.safetensors", "pytorch_model.bin"],
-        )?],
-    };
+    let f = spec.files();
     Ok(ModelFiles {
-        clip_config: one(cache, spec.clip_repo, "open_clip_config.json")?,
-        clip_weights: first_of(
-            cache,
-            spec.clip_repo,
-            &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
-        )?,
-        lm_config: one(cache, spec.lm_repo, "config.json")?,
-        lm_weights,
-        tokenizer: one(cache, spec.lm_repo, "tokenizer.json")?,
-        checkpoint: first_of(cache, spec.checkpoint_repo, &[spec.checkpoint_file])?,
+        clip_config: resolve_one(cache, &f.clip_config)?.path,
+        clip_weights: resolve_one(cache, &f.clip_weights)?,
+        lm_config: resolve_one(cache, &f.lm_config)?.path,
+        lm_weights: resolve_need(cache, &f.lm_weights)?,
+        tokenizer: resolve_one(cache, &f.tokenizer)?.path,
+        checkpoint: resolve_one(cache, &f.checkpoint)?,
         convert: None,
     })
 }
@@ -165,7 +157,7 @@ fn sharded(cache: &Path, repo: &str, index: &Path) -> Result<Vec<WeightFile>> {
         .iter()
         .map(|f| {
             Ok(WeightFile {
-                path: one(cache, repo, f)?,
+                path: cached_file(cache, repo, f).ok_or_else(|| missing(cache, repo, f))?,
                 label: format!("{repo}/{f}"),
             })
         })

@@ -102,6 +102,78 @@ pub const MODELS: &[ModelSpec] = &[
     },
 ];
 
+/// One file the model needs from a repo: the first of `choices` the repo has. A choice
+/// ending in `.index.json` stands for a sharded checkpoint (the index and its shards).
+#[derive(Clone, Debug)]
+pub struct Need {
+    pub repo: &'static str,
+    pub choices: Vec<&'static str>,
+}
+
+impl Need {
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.repo, self.choices.join(" or "))
+    }
+}
+
+/// What a model needs, each need once: the files the loader reads and the downloader fetches.
+pub struct Files {
+    pub clip_config: Need,
+    pub lm_config: Need,
+    pub tokenizer: Need,
+    pub clip_weights: Need,
+    pub lm_weights: Need,
+    pub checkpoint: Need,
+}
+
+/// In the order they are fetched: small files first.
+impl IntoIterator for Files {
+    type Item = Need;
+    type IntoIter = std::array::IntoIter<Need, 6>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        [
+            self.clip_config,
+            self.lm_config,
+            self.tokenizer,
+            self.clip_weights,
+            self.lm_weights,
+            self.checkpoint,
+        ]
+        .into_iter()
+    }
+}
+
+impl ModelSpec {
+    /// The files this model needs from its three repos. Safetensors come before pickles
+    /// (they load without unpickling), a sharded checkpoint before a single file of its kind.
+    pub fn files(&self) -> Files {
+        let need = |repo, choices: &[&'static str]| Need {
+            repo,
+            choices: choices.to_vec(),
+        };
+        Files {
+            clip_config: need(self.clip_repo, &["open_clip_config.json"]),
+            lm_config: need(self.lm_repo, &["config.json"]),
+            tokenizer: need(self.lm_repo, &["tokenizer.json"]),
+            clip_weights: need(
+                self.clip_repo,
+                &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
+            ),
+            lm_weights: need(
+                self.lm_repo,
+                &[
+                    "model.safetensors.index.json",
+                    "model.safetensors",
+                    "pytorch_model.bin.index.json",
+                    "pytorch_model.bin",
+                ],
+            ),
+            checkpoint: need(self.checkpoint_repo, &[self.checkpoint_file]),
+        }
+    }
+}
+
 pub fn find(id: &str) -> Option<&'static ModelSpec> {
     MODELS.iter().find(|m| m.id.eq_ignore_ascii_case(id))
 }
