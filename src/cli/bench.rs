@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// same weights is reported too.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4k"])]
     pub dtype: String,
+    /// `auto` (the GPU this build was made for when one is present, else the CPU) or `cpu`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu"])]
+    pub device: String,
 }
 
 pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
@@ -125,7 +128,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     super::configure_threads(a.threads);
     let (vcfg, lcfg, every) = shapes(&a.shape)
         .ok_or_else(|| anyhow::anyhow!("unknown shape `{}` (use tiny or 3b)", a.shape))?;
-    let device = Device::Cpu;
+    let (device, device_label) = if a.device == "cpu" {
+        (Device::Cpu, "CPU".to_string())
+    } else {
+        crate::engine::pick_device()
+    };
+    // A GPU runs asynchronously: every timed span ends by waiting for its work.
+    let sync = || device.synchronize();
     let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
     let t0 = Instant::now();
     let mut model = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
@@ -155,10 +164,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let one = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
     // Warm-up, then the timed encodes.
     model.encode_images(&one)?;
+    sync()?;
     let t = Instant::now();
     for _ in 0..a.images.max(1) {
         model.encode_images(&one)?;
     }
+    sync()?;
     let encode_per_image = t.elapsed().as_secs_f64() / a.images.max(1) as f64;
 
     let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), &device)?;
@@ -168,8 +179,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .session(&latents)?
         .forward(std::slice::from_ref(&prompt))?;
     let mut session = model.session(&latents)?;
+    sync()?;
     let t = Instant::now();
     let logits = session.forward(std::slice::from_ref(&prompt))?;
+    sync()?;
     let prefill_s = t.elapsed().as_secs_f64();
     drop(logits);
     drop(session);
@@ -199,10 +212,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut s = model.session(&shots)?;
     s.forward(&[prefix.to_vec()])?;
     let state = s.state();
+    sync()?;
     let t = Instant::now();
     let q = model
         .encode_images(&pixels.narrow(0, 2, 1)?)?
         .unsqueeze(0)?;
+    sync()?;
     let requery_encode_s = t.elapsed().as_secs_f64();
     let mut s = model.resume(state.clone());
     s.add_images(&q)?;
@@ -210,15 +225,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     crate::generate::argmax_last(&first)?;
     let requery_ttft_s = t.elapsed().as_secs_f64();
     // The floor a re-query cannot go below: the query's encode plus the final prompt alone.
+    sync()?;
     let t = Instant::now();
     let mut s = model.resume(state);
     s.add_images(&q)?;
     s.forward(&[suffix.to_vec()])?;
+    sync()?;
     let final_prefill_s = t.elapsed().as_secs_f64();
     let out = serde_json::json!({
         "shape": a.shape,
         "dtype": fmt.name(),
         "fidelity_vs_f32": fidelity,
+        "device": device_label,
         "threads": candle_core::utils::get_num_threads(),
         "build_s": build_s,
         "encode_s_per_image": encode_per_image,

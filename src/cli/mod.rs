@@ -526,6 +526,7 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
         let t = &res.generated.timings;
         let obj = serde_json::json!({
             "model": captioner.model_id,
+            "device": format!("{:?}", captioner.model.device().location()),
             "text": res.text,
             "raw_text": res.raw_text,
             "token_ids": res.generated.tokens,

@@ -76,10 +76,13 @@ pub fn generate(
     check_budget(model, prompt_ids.len(), cfg)?;
     let t0 = Instant::now();
     let media = encode_media(model, pixels, cancel)?;
+    // A GPU runs asynchronously: wait for the work so that each timing holds its own.
+    model.device().synchronize()?;
     out.timings.encode_s = t0.elapsed().as_secs_f64();
     let mut session = model.session(&media)?;
     let t1 = Instant::now();
     let logits = session.forward(&[prompt_ids.to_vec()])?;
+    model.device().synchronize()?;
     out.timings.prefill_s = t1.elapsed().as_secs_f64();
     decode_loop(
         &mut session,
@@ -251,6 +254,7 @@ pub fn generate_batch(
     } else {
         Tensor::cat(&padded, 0)?
     };
+    model.device().synchronize()?;
     let encode_s = t0.elapsed().as_secs_f64();
     let mut session = model.session(&media)?;
     let mut ids = Vec::with_capacity(b);
@@ -266,6 +270,7 @@ pub fn generate_batch(
     }
     let t1 = Instant::now();
     let logits = session.forward_padded(&ids, Some(&pad))?;
+    model.device().synchronize()?;
     let prefill_s = t1.elapsed().as_secs_f64();
     let last = |logits: &Tensor| -> Result<Vec<Vec<f32>>> {
         let t = logits.dim(1)?;

@@ -1,8 +1,9 @@
 //! The one linear-layer type of the model. Every projection goes through it, so that weight
 //! formats (f32, f16, q8_0, q4k) are a change in this file only.
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
 use crate::model::weights::{LinearWeight, Vb};
@@ -57,9 +58,18 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
     let in_dim = w.dims().last().copied().unwrap_or(0);
     let fits = |d: GgmlDType| in_dim.is_multiple_of(d.block_size());
     let q = |d: GgmlDType| -> Result<LinearWeight> {
-        Ok(LinearWeight::Quantized(std::sync::Arc::new(
-            QTensor::quantize(&w, d)?,
-        )))
+        let device = w.device();
+        let q = QTensor::quantize(&w.to_device(&Device::Cpu)?, d)?;
+        // candle quantizes a GPU tensor on the CPU too, but leaves the padding after the
+        // last block of its device copy uninitialised, and its matmul kernels read that
+        // padding when a row is shorter than their tile (tiny widths): NaN logits. Built
+        // from the bytes, the device copy is zero-padded, as when it comes from a GGUF file.
+        let q = if device.is_cpu() {
+            q
+        } else {
+            qtensor_from_ggml(d, &q.data()?, w.dims().to_vec(), device)?
+        };
+        Ok(LinearWeight::Quantized(std::sync::Arc::new(q)))
     };
     Ok(match fmt {
         WeightFormat::F32 => LinearWeight::Dense(w),
@@ -164,6 +174,16 @@ impl Linear {
                     _ => w.t()?,
                 };
                 x.matmul(&w)?
+            }
+            // On a GPU an f16 weight multiplies in f16 (tensor cores, half the bytes read);
+            // candle's own path would cast the whole weight to f32 on every call.
+            Weight::Matmul(QMatMul::TensorF16(w)) if !w.device().is_cpu() => {
+                let w = match *x.dims() {
+                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+                    [b, _, _] => w.broadcast_left(b)?.t()?,
+                    _ => w.t()?,
+                };
+                x.to_dtype(DType::F16)?.matmul(&w)?.to_dtype(x.dtype())?
             }
             Weight::Matmul(m) => m.forward(&x.contiguous()?)?,
         };

@@ -466,10 +466,20 @@ impl GgufFile {
         })
     }
 
+    /// The tensor `name` on `device`; a plain (f32/f16/bf16) one always on the CPU, since the
+    /// GPU backends cannot dequantize those: its dequantized copy is moved over instead.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
-        if !self.content.tensor_infos.contains_key(name) {
+        let Some(info) = self.content.tensor_infos.get(name) else {
             return Ok(None);
-        }
+        };
+        let device = if matches!(
+            info.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            &Device::Cpu
+        } else {
+            device
+        };
         let mut f = self.file.lock().map_err(|_| Error::BadWeights {
             path: self.path.clone(),
             reason: "the file lock is poisoned".into(),

@@ -3,12 +3,14 @@
 weights (no download), timed the same way, printed as the same JSON keys.
 
     python tests/reference/bench_reference.py --shape 3b --mosaic-gpt-code /path/to/mpt_redpajama
+    ... --device cuda --dtypes f32,f16   (on a GPU; later dtypes come as sub-objects)
 """
 
 import argparse
 import contextlib
 import sys
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -18,7 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_DIR = next((ROOT / "tests/fixtures/hf/hub/models--anas-awadalla--mpt-1b-redpajama-200b/snapshots").iterdir())
+FIXTURES = Path(os.environ.get("FLAMINGO_FIXTURES", ROOT / "tests/fixtures"))
+TOKENIZER_DIR = next((FIXTURES / "hf/hub/models--anas-awadalla--mpt-1b-redpajama-200b/snapshots").iterdir())
 
 SHAPES = {
     "tiny": ({"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
@@ -42,6 +45,9 @@ def run():
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtypes", default="f32",
+                    help="comma-separated: f32, f16, bf16; the first gives the top-level figures")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import open_clip
@@ -82,38 +88,76 @@ def run():
         prompt += [1000 + chunk * 100 + i for i in range(11 if chunk < 2 else 10)]
         if chunk < 2:
             prompt.append(eoc)
-    ids = torch.tensor([prompt])
+    device = torch.device(a.device)
+    result = {"shape": a.shape, "device": a.device, "threads": torch.get_num_threads(),
+              "build_s": build_s, "torch": torch.__version__}
+    model.to(device)
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    dtypes = a.dtypes.split(",")
+    for i, name in enumerate(dtypes):
+        # Half precision the way open_flamingo's evaluation runs it: autocast (amp_fp16 /
+        # amp_bf16) over the f32 model; MosaicGPT's attention cannot run on a cast model.
+        dtype = {"f32": None, "f16": torch.float16, "bf16": torch.bfloat16}[name]
+        amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with amp:
+            timed = time_model(model, prompt, a, device)
+        timed["dtype"] = name if dtype is None else "amp_" + name
+        if i == 0:
+            result.update(timed)
+        else:
+            result[name] = timed
+    return result
+
+
+def time_model(model, prompt, a, device):
+    """Per-image encode, prefill and per-token decode (KV cache), timed like `flamingo bench`."""
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    ids = torch.tensor([prompt], device=device)
     with torch.no_grad():
-        one = torch.randn(1, 1, 1, 3, 224, 224)
+        one = torch.randn(1, 1, 1, 3, 224, 224, device=device)
         model._encode_vision_x(one)
+        sync()
         t = time.perf_counter()
         for _ in range(a.images):
             model._encode_vision_x(one)
+        sync()
         encode = (time.perf_counter() - t) / a.images
-        vision_x = torch.randn(1, 3, 1, 3, 224, 224)
+        vision_x = torch.randn(1, 3, 1, 3, 224, 224, device=device)
         model.lang_encoder._use_cached_vision_x = True
         model._encode_vision_x(vision_x)
         mask = torch.ones_like(ids)
         model.lang_encoder(input_ids=ids, attention_mask=mask, use_cache=True)  # warm-up
+        sync()
         t = time.perf_counter()
         out = model.lang_encoder(input_ids=ids, attention_mask=mask, use_cache=True)
+        sync()
         prefill = time.perf_counter() - t
         past = out.past_key_values
         nxt = out.logits[:, -1:].argmax(-1)
         t = time.perf_counter()
         for _ in range(a.tokens - 1):
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], 1)
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype, device=device)], 1)
             out = model.lang_encoder(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
             past = out.past_key_values
             nxt = out.logits[:, -1:].argmax(-1)
+            nxt.cpu()  # the token is read back each step, as a caption streams
         decode = (time.perf_counter() - t) / (a.tokens - 1)
-    return {
-        "shape": a.shape, "dtype": "f32", "threads": torch.get_num_threads(), "build_s": build_s,
+    timed = {
         "encode_s_per_image": encode, "prompt_tokens": len(prompt), "prefill_s": prefill,
         "decode_s_per_token": decode, "decode_tokens": a.tokens,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "torch": torch.__version__,
     }
+    if cuda:
+        timed["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    return timed
 
 
 if __name__ == "__main__":
