@@ -214,7 +214,8 @@ impl Captioner {
             files.convert = Some(crate::model::converted::ConvertCache::default_location());
         }
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
-        let model = Flamingo::load_as(&files, tokenizer.media_id, device, format)?;
+        let mut model = Flamingo::load_as(&files, tokenizer.media_id, device, format)?;
+        model.prepare_weights(candle_core::utils::get_num_threads())?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::Tokenizer(format!(
                 "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",
@@ -232,12 +233,12 @@ impl Captioner {
         })
     }
 
-    /// Runs one tiny image and prompt through the model so that one-time work (candle's
-    /// repacking of quantized weights for its matmul kernels, thread start-up, first
-    /// allocations) is done before the first real request. Changes no cache.
+    /// Runs one tiny image and prompt through the model so that one-time work (thread
+    /// start-up, first allocations, GPU kernel loading) is done before the first real
+    /// request. Changes no cache.
     pub fn warm_up(&self) -> Result<()> {
         let s = self.model.image_size();
-        let pixels = Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &Device::Cpu)?;
+        let pixels = Tensor::zeros((1, 3, s, s), candle_core::DType::F32, self.model.device())?;
         let latents = self.model.encode_images(&pixels)?;
         let mut session = self.model.session(&latents.unsqueeze(0)?)?;
         let media = self.tokenizer.media_id;

@@ -58,18 +58,10 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
     let in_dim = w.dims().last().copied().unwrap_or(0);
     let fits = |d: GgmlDType| in_dim.is_multiple_of(d.block_size());
     let q = |d: GgmlDType| -> Result<LinearWeight> {
-        let device = w.device();
-        let q = QTensor::quantize(&w.to_device(&Device::Cpu)?, d)?;
-        // candle quantizes a GPU tensor on the CPU too, but leaves the padding after the
-        // last block of its device copy uninitialised, and its matmul kernels read that
-        // padding when a row is shorter than their tile (tiny widths): NaN logits. Built
-        // from the bytes, the device copy is zero-padded, as when it comes from a GGUF file.
-        let q = if device.is_cpu() {
-            q
-        } else {
-            qtensor_from_ggml(d, &q.data()?, w.dims().to_vec(), device)?
-        };
-        Ok(LinearWeight::Quantized(std::sync::Arc::new(q)))
+        let threads = candle_core::utils::get_num_threads();
+        Ok(LinearWeight::Quantized(std::sync::Arc::new(quantize(
+            &w, d, threads,
+        )?)))
     };
     Ok(match fmt {
         WeightFormat::F32 => LinearWeight::Dense(w),
@@ -78,6 +70,54 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
         WeightFormat::Q4K | WeightFormat::Q8_0 if fits(GgmlDType::Q8_0) => q(GgmlDType::Q8_0)?,
         _ => LinearWeight::F16(w.to_dtype(DType::F16)?),
     })
+}
+
+/// Quantizes a [rows, cols] f32 weight (`cols` a multiple of the block) with up to `parts`
+/// threads, each taking a band of rows: a block never spans two rows, so the bytes are those
+/// of quantizing it whole (candle quantizes on one thread, which dominated first loads).
+pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
+    let (rows, cols) = w.dims2()?;
+    let parts = parts.clamp(1, rows.max(1));
+    let device = w.device();
+    let bytes = if parts == 1 || rows * cols < (1 << 18) {
+        let q = QTensor::quantize(&w.to_device(&Device::Cpu)?, d)?;
+        if device.is_cpu() {
+            return Ok(q);
+        }
+        q.data()?.into_owned()
+    } else {
+        let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let band = rows.div_ceil(parts);
+        let bands: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(band * cols)
+                .map(|chunk| {
+                    s.spawn(move || -> Result<Vec<u8>> {
+                        let t =
+                            Tensor::from_slice(chunk, (chunk.len() / cols, cols), &Device::Cpu)?;
+                        Ok(QTensor::quantize(&t, d)?.data()?.into_owned())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(candle_core::Error::Msg("a quantizing thread panicked".into()).into())
+                    })
+                })
+                .collect()
+        });
+        let mut bytes = Vec::new();
+        for b in bands {
+            bytes.extend_from_slice(&b?);
+        }
+        bytes
+    };
+    // Built from the bytes, a GPU copy is zero-padded as when it comes from a GGUF file;
+    // candle's own quantize leaves the padding after the last block uninitialised, and its
+    // matmul kernels read it when a row is shorter than their tile (tiny widths): NaN logits.
+    Ok(qtensor_from_ggml(d, &bytes, vec![rows, cols], device)?)
 }
 
 impl Linear {
@@ -154,6 +194,17 @@ impl Linear {
         Ok(())
     }
 
+    /// Runs a one-row product through a quantized CPU weight, so that candle makes its
+    /// repacked copy of it now (see [`crate::model::Flamingo::prepare_weights`]).
+    pub fn prepare(&self) -> Result<()> {
+        if let Weight::Matmul(m @ QMatMul::QTensor(q)) = &self.weight {
+            if q.device().is_cpu() {
+                m.forward(&Tensor::zeros((1, self.in_dim), DType::F32, &Device::Cpu)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
@@ -215,4 +266,29 @@ pub fn layer_norm(
         w.zeros_like()?
     };
     Ok(candle_nn::LayerNorm::new(w, b, eps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizing_in_bands_gives_the_bytes_of_quantizing_whole() {
+        let dev = Device::Cpu;
+        // Rows that do not split evenly into the bands, too.
+        let w = Tensor::randn(0f32, 1f32, (257, 1024), &dev).unwrap();
+        for d in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let whole = QTensor::quantize(&w, d).unwrap();
+            for parts in [2, 3, 8] {
+                let banded = quantize(&w, d, parts).unwrap();
+                assert_eq!(banded.shape(), whole.shape());
+                assert_eq!(banded.dtype(), d);
+                assert_eq!(
+                    banded.data().unwrap(),
+                    whole.data().unwrap(),
+                    "{d:?} in {parts} bands"
+                );
+            }
+        }
+    }
 }

@@ -62,6 +62,14 @@ impl Flamingo {
     /// Converts every linear layer (vision tower, perceiver, cross-attention, LM and its output
     /// projection) to `fmt`. Embedding lookups, norms and biases stay f32.
     pub fn convert_weights(&mut self, fmt: linear::WeightFormat) -> Result<()> {
+        for l in self.linears_mut() {
+            l.convert(fmt)?;
+        }
+        self.format = fmt;
+        Ok(())
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut linear::Linear> {
         use linear::HasLinears;
         let mut all = self.vision.linears_mut();
         all.extend(self.perceiver.linears_mut());
@@ -69,11 +77,37 @@ impl Flamingo {
             all.extend(x.linears_mut());
         }
         all.extend(self.lm.linears_mut());
+        all
+    }
+
+    /// Does candle's one-time preparation of quantized CPU weights (a repacked copy for its
+    /// VNNI/AMX kernels, made on a layer's first product) for every layer now, spread over
+    /// `threads` threads, instead of one layer after another inside the first request.
+    pub fn prepare_weights(&mut self, threads: usize) -> Result<()> {
+        let mut all = self.linears_mut();
+        // Largest first, each to the thread with the least so far.
+        all.sort_by_key(|l| std::cmp::Reverse(l.weight_bytes()));
+        let threads = threads.clamp(1, all.len().max(1));
+        let mut bands: Vec<(usize, Vec<&linear::Linear>)> = vec![(0, Vec::new()); threads];
         for l in all {
-            l.convert(fmt)?;
+            if let Some(b) = bands.iter_mut().min_by_key(|b| b.0) {
+                b.0 += l.weight_bytes();
+                b.1.push(l);
+            }
         }
-        self.format = fmt;
-        Ok(())
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bands
+                .into_iter()
+                .map(|(_, band)| s.spawn(move || band.iter().try_for_each(|l| l.prepare())))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::error::Error::Candle(candle_core::Error::Msg(
+                        "a thread preparing the weights panicked".into(),
+                    )))
+                })
+            })
+        })
     }
 
     pub fn weight_format(&self) -> linear::WeightFormat {
