@@ -86,15 +86,15 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
         }
         q.data()?.into_owned()
     } else {
-        let data: Vec<f32> = w.flatten_all()?.to_vec1()?;
         let band = rows.div_ceil(parts);
         let bands: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = data
-                .chunks(band * cols)
-                .map(|chunk| {
+            let handles: Vec<_> = (0..rows)
+                .step_by(band)
+                .map(|start| {
+                    let n = band.min(rows - start);
                     s.spawn(move || -> Result<Vec<u8>> {
-                        let t =
-                            Tensor::from_slice(chunk, (chunk.len() / cols, cols), &Device::Cpu)?;
+                        let rows: Vec<f32> = w.narrow(0, start, n)?.flatten_all()?.to_vec1()?;
+                        let t = Tensor::from_vec(rows, (n, cols), &Device::Cpu)?;
                         Ok(QTensor::quantize(&t, d)?.data()?.into_owned())
                     })
                 })
@@ -108,7 +108,7 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
                 })
                 .collect()
         });
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(rows * cols / d.block_size() * d.type_size());
         for b in bands {
             bytes.extend_from_slice(&b?);
         }
