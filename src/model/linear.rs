@@ -79,8 +79,10 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
     let (rows, cols) = w.dims2()?;
     let parts = parts.clamp(1, rows.max(1));
     let device = w.device();
+    // The threads below touch CPU tensors only (a GPU weight comes over once, here).
+    let cpu = w.to_device(&Device::Cpu)?;
     let bytes = if parts == 1 || rows * cols < (1 << 18) {
-        let q = QTensor::quantize(&w.to_device(&Device::Cpu)?, d)?;
+        let q = QTensor::quantize(&cpu, d)?;
         if device.is_cpu() {
             return Ok(q);
         }
@@ -92,8 +94,9 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
                 .step_by(band)
                 .map(|start| {
                     let n = band.min(rows - start);
+                    let cpu = &cpu;
                     s.spawn(move || -> Result<Vec<u8>> {
-                        let rows: Vec<f32> = w.narrow(0, start, n)?.flatten_all()?.to_vec1()?;
+                        let rows: Vec<f32> = cpu.narrow(0, start, n)?.flatten_all()?.to_vec1()?;
                         let t = Tensor::from_vec(rows, (n, cols), &Device::Cpu)?;
                         Ok(QTensor::quantize(&t, d)?.data()?.into_owned())
                     })
