@@ -62,7 +62,7 @@ impl ResBlock {
         let h = self.ln_2.forward(&x)?;
         let h = self.c_fc.forward(&h)?;
         let h = if self.quick_gelu {
-            (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
+            crate::model::ops::quick_gelu(&h)?
         } else {
             h.gelu_erf()?
         };

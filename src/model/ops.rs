@@ -1,0 +1,79 @@
+//! Element-wise operations fused into one pass over memory, on all threads, where candle
+//! composes them from separate single-threaded passes.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+/// CLIP's QuickGELU, `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
+        x.apply_op1_no_bwd(&QuickGelu)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    }
+}
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("quick-gelu takes a contiguous f32 tensor")
+        };
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        let threads = candle_core::utils::get_num_threads().max(1);
+        // Below this a thread costs more than it saves.
+        let chunk = src.len().div_ceil(threads).max(1 << 15);
+        std::thread::scope(|s| {
+            for (o, i) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                s.spawn(move || {
+                    for (o, &v) in o.iter_mut().zip(i) {
+                        *o = v / (1.0 + (-1.702 * v).exp());
+                    }
+                });
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn quick_gelu_matches_its_composed_form() {
+        let x = Tensor::randn(0f32, 3f32, (3, 257, 301), &Device::Cpu).unwrap();
+        let fused = quick_gelu(&x).unwrap();
+        let composed = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        let diff = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max difference {diff}");
+        // A view that is not contiguous takes the composed path.
+        let t = x.transpose(1, 2).unwrap();
+        let a = quick_gelu(&t).unwrap().transpose(1, 2).unwrap();
+        let b = quick_gelu(&x).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+}
