@@ -215,7 +215,7 @@ impl Captioner {
         }
         let tokenizer = TextTokenizer::from_file(&files.tokenizer)?;
         let mut model = Flamingo::load_as(&files, tokenizer.media_id, device, format)?;
-        model.prepare_weights(candle_core::utils::get_num_threads())?;
+        model.prepare_weights()?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::Tokenizer(format!(
                 "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",

@@ -154,13 +154,7 @@ fn a_changed_or_damaged_source_is_converted_again() {
 
     // A damaged copy is not trusted: the source is read again and the copy rewritten.
     let copy = convert.dir.join(format!("{key2}.safetensors"));
-    let len = std::fs::metadata(&copy).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&copy)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut_to(&copy, 2);
     let (_, s4) = convert.read(&src, read_tensor_file).unwrap();
     assert_eq!(s4, Source::Original);
     let (_, s5) = convert.read(&src, read_tensor_file).unwrap();
@@ -218,15 +212,22 @@ fn quantized_models_are_kept_per_format_and_reload_identically() {
         .into_iter()
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("q8_0"))
         .unwrap();
-    let len = std::fs::metadata(&q8).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&q8)
-        .unwrap()
-        .set_len(len / 3)
-        .unwrap();
+    let len = cut_to(&q8, 3);
     let (rebuilt, _) = load_as(&hub("hf"), &convert, WeightFormat::Q8_0);
     let (plain, _) = load_as(&hub("hf"), &dir.path().join("other"), WeightFormat::Q8_0);
     assert_eq!(tokens(&rebuilt), tokens(&plain));
     assert_eq!(std::fs::metadata(&q8).unwrap().len(), len);
+}
+
+/// Truncates the file to 1/`divisor` of its length, as an interrupted write would leave it;
+/// returns the length it had.
+fn cut_to(path: &std::path::Path, divisor: u64) -> u64 {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len / divisor)
+        .unwrap();
+    len
 }

@@ -89,33 +89,19 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
         q.data()?.into_owned()
     } else {
         let band = rows.div_ceil(parts);
-        let bands: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..rows)
-                .step_by(band)
-                .map(|start| {
-                    let n = band.min(rows - start);
-                    let cpu = &cpu;
-                    s.spawn(move || -> Result<Vec<u8>> {
-                        let rows: Vec<f32> = cpu.narrow(0, start, n)?.flatten_all()?.to_vec1()?;
-                        let t = Tensor::from_vec(rows, (n, cols), &Device::Cpu)?;
-                        Ok(QTensor::quantize(&t, d)?.data()?.into_owned())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(candle_core::Error::Msg("a quantizing thread panicked".into()).into())
-                    })
-                })
-                .collect()
-        });
-        let mut bytes = Vec::with_capacity(rows * cols / d.block_size() * d.type_size());
-        for b in bands {
-            bytes.extend_from_slice(&b?);
-        }
-        bytes
+        let cpu = &cpu;
+        let tasks: Vec<_> = (0..rows)
+            .step_by(band)
+            .map(|start| {
+                let n = band.min(rows - start);
+                move || -> Result<Vec<u8>> {
+                    let rows: Vec<f32> = cpu.narrow(0, start, n)?.flatten_all()?.to_vec1()?;
+                    let t = Tensor::from_vec(rows, (n, cols), &Device::Cpu)?;
+                    Ok(QTensor::quantize(&t, d)?.data()?.into_owned())
+                }
+            })
+            .collect();
+        crate::model::ops::in_parallel("quantizing a weight", tasks)?.concat()
     };
     // Built from the bytes, a GPU copy is zero-padded as when it comes from a GGUF file;
     // candle's own quantize leaves the padding after the last block uninitialised, and its
@@ -221,24 +207,13 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Dense(w) => {
-                let w = match *x.dims() {
-                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
-                    [b, _, _] => w.broadcast_left(b)?.t()?,
-                    _ => w.t()?,
-                };
-                x.matmul(&w)?
-            }
+            Weight::Dense(w) => x.matmul(&transposed_for(w, x)?)?,
             // On a GPU an f16 weight multiplies in f16 (tensor cores, half the bytes read);
             // candle's own path would cast the whole weight to f32 on every call.
-            Weight::Matmul(QMatMul::TensorF16(w)) if !w.device().is_cpu() => {
-                let w = match *x.dims() {
-                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
-                    [b, _, _] => w.broadcast_left(b)?.t()?,
-                    _ => w.t()?,
-                };
-                x.to_dtype(DType::F16)?.matmul(&w)?.to_dtype(x.dtype())?
-            }
+            Weight::Matmul(QMatMul::TensorF16(w)) if !w.device().is_cpu() => x
+                .to_dtype(DType::F16)?
+                .matmul(&transposed_for(w, x)?)?
+                .to_dtype(x.dtype())?,
             Weight::Matmul(m) => m.forward(&x.contiguous()?)?,
         };
         Ok(match &self.bias {
@@ -246,6 +221,16 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// The [out, in] weight `w` as the right-hand side of a product with `x` ([.., n, in]):
+/// transposed, and broadcast over the leading dimensions of `x`.
+fn transposed_for(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(match *x.dims() {
+        [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+        [b, _, _] => w.broadcast_left(b)?.t()?,
+        _ => w.t()?,
+    })
 }
 
 /// Something that holds linear layers, for converting them all to one format.

@@ -83,12 +83,12 @@ impl Flamingo {
 
     /// Does candle's one-time preparation of quantized CPU weights (a repacked copy for its
     /// VNNI/AMX kernels, made on a layer's first product) for every layer now, spread over
-    /// `threads` threads, instead of one layer after another inside the first request.
-    pub fn prepare_weights(&mut self, threads: usize) -> Result<()> {
+    /// candle's thread count, instead of one layer after another inside the first request.
+    pub fn prepare_weights(&mut self) -> Result<()> {
         let mut all = self.linears_mut();
         // Largest first, each to the thread with the least so far.
         all.sort_by_key(|l| std::cmp::Reverse(l.weight_bytes()));
-        let threads = threads.clamp(1, all.len().max(1));
+        let threads = candle_core::utils::get_num_threads().clamp(1, all.len().max(1));
         let mut bands: Vec<(usize, Vec<&linear::Linear>)> = vec![(0, Vec::new()); threads];
         for l in all {
             if let Some(b) = bands.iter_mut().min_by_key(|b| b.0) {
@@ -96,19 +96,12 @@ impl Flamingo {
                 b.1.push(l);
             }
         }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = bands
-                .into_iter()
-                .map(|(_, band)| s.spawn(move || band.iter().try_for_each(|l| l.prepare())))
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(crate::error::Error::Candle(candle_core::Error::Msg(
-                        "a thread preparing the weights panicked".into(),
-                    )))
-                })
-            })
-        })
+        let tasks: Vec<_> = bands
+            .into_iter()
+            .map(|(_, band)| move || band.iter().try_for_each(|l| l.prepare()))
+            .collect();
+        ops::in_parallel("preparing the weights", tasks)?;
+        Ok(())
     }
 
     pub fn weight_format(&self) -> linear::WeightFormat {

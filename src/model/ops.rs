@@ -1,7 +1,32 @@
-//! Element-wise operations fused into one pass over memory, on all threads, where candle
-//! composes them from separate single-threaded passes.
+//! CPU work spread over threads: element-wise operations fused into one pass over memory
+//! where candle composes them from separate single-threaded passes, and one-time work on the
+//! weights.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Runs each task on a thread of its own and returns their results in order; a thread that
+/// panics gives an error naming `what` it was doing.
+pub fn in_parallel<T, F>(what: &str, tasks: Vec<F>) -> Result<Vec<T>>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tasks.into_iter().map(|t| s.spawn(t)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Candle(candle_core::Error::Msg(format!(
+                        "a thread {what} panicked"
+                    ))))
+                })
+            })
+            .collect()
+    })
+}
 
 /// CLIP's QuickGELU, `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
