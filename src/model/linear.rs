@@ -6,6 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
+use crate::model::mapped::FilePages;
 use crate::model::weights::{LinearWeight, Vb};
 
 /// How the weights of the linear layers are held.
@@ -46,6 +47,8 @@ enum Weight {
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Weight,
+    /// The file pages a quantized weight is read from in place (see [`Linear::prepare`]).
+    pages: Option<FilePages>,
     bias: Option<Tensor>,
     in_dim: usize,
     out_dim: usize,
@@ -59,9 +62,10 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
     let fits = |d: GgmlDType| in_dim.is_multiple_of(d.block_size());
     let q = |d: GgmlDType| -> Result<LinearWeight> {
         let threads = candle_core::utils::get_num_threads();
-        Ok(LinearWeight::Quantized(std::sync::Arc::new(quantize(
-            &w, d, threads,
-        )?)))
+        Ok(LinearWeight::Quantized(
+            std::sync::Arc::new(quantize(&w, d, threads)?),
+            None,
+        ))
     };
     Ok(match fmt {
         WeightFormat::F32 => LinearWeight::Dense(w),
@@ -112,22 +116,23 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
 impl Linear {
     /// A layer from a weight already in its format.
     pub fn from_weight(w: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
-        let (weight, dims) = match w {
+        let (weight, pages, dims) = match w {
             LinearWeight::Dense(t) => {
                 let d = t.dims2()?;
-                (Weight::Dense(t), d)
+                (Weight::Dense(t), None, d)
             }
             LinearWeight::F16(t) => {
                 let d = t.dims2()?;
-                (Weight::Matmul(QMatMul::TensorF16(t)), d)
+                (Weight::Matmul(QMatMul::TensorF16(t)), None, d)
             }
-            LinearWeight::Quantized(q) => {
+            LinearWeight::Quantized(q, pages) => {
                 let d = q.shape().dims2()?;
-                (Weight::Matmul(QMatMul::from_arc(q)?), d)
+                (Weight::Matmul(QMatMul::from_arc(q)?), pages, d)
             }
         };
         Ok(Self {
             weight,
+            pages,
             bias,
             in_dim: dims.1,
             out_dim: dims.0,
@@ -184,11 +189,16 @@ impl Linear {
     }
 
     /// Runs a one-row product through a quantized CPU weight, so that candle makes its
-    /// repacked copy of it now (see [`crate::model::Flamingo::prepare_weights`]).
+    /// repacked copy of it now (see [`crate::model::Flamingo::prepare_weights`]); a weight
+    /// read in place from the model cache then gives its file pages back, as candle reads the
+    /// repacked copy from now on (and should it read the blocks again, the file has them).
     pub fn prepare(&self) -> Result<()> {
         if let Weight::Matmul(m @ QMatMul::QTensor(q)) = &self.weight {
             if q.device().is_cpu() {
                 m.forward(&Tensor::zeros((1, self.in_dim), DType::F32, &Device::Cpu)?)?;
+                if let Some(p) = &self.pages {
+                    p.release();
+                }
             }
         }
         Ok(())

@@ -350,7 +350,7 @@ fn write_model_cache(
                 &t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
                 GgmlDType::F16,
             )?),
-            Recorded::Linear(LinearWeight::Quantized(q)) => q,
+            Recorded::Linear(LinearWeight::Quantized(q, _)) => q,
         };
         tensors.push((name, q));
     }

@@ -6,6 +6,7 @@ pub mod converted;
 pub mod linear;
 pub mod lm;
 pub mod loader;
+pub mod mapped;
 pub mod ops;
 pub mod perceiver;
 pub mod preprocess;

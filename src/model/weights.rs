@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::linear::WeightFormat;
+use crate::model::mapped::FilePages;
 
 /// Where a store's tensors are read from.
 enum Backing {
@@ -29,7 +30,8 @@ enum Backing {
 pub enum LinearWeight {
     Dense(Tensor),
     F16(Tensor),
-    Quantized(std::sync::Arc<QTensor>),
+    /// With the file pages the blocks are read from, where they are read in place.
+    Quantized(std::sync::Arc<QTensor>, Option<FilePages>),
 }
 
 /// A tensor the model was built from, as kept by the model cache.
@@ -275,14 +277,14 @@ impl TensorStore {
     ) -> Result<LinearWeight> {
         let w = match &self.backing {
             Backing::Gguf(g, prefix) => {
-                let q = g
-                    .tensor(&format!("{prefix}{name}"), &self.device)?
+                let (q, pages) = g
+                    .tensor_in_place(&format!("{prefix}{name}"), &self.device)?
                     .ok_or_else(|| self.missing(name))?;
                 self.check_shape(name, q.shape().dims(), shape)?;
                 match q.dtype() {
                     GgmlDType::F32 => LinearWeight::Dense(q.dequantize(&self.device)?),
                     GgmlDType::F16 => LinearWeight::F16(q.dequantize_f16(&self.device)?),
-                    _ => LinearWeight::Quantized(std::sync::Arc::new(q)),
+                    _ => LinearWeight::Quantized(std::sync::Arc::new(q), pages),
                 }
             }
             _ => {
@@ -447,6 +449,9 @@ impl LazySafetensors {
 pub struct GgufFile {
     path: PathBuf,
     file: Mutex<std::fs::File>,
+    /// The whole file mapped, where the system allows it: quantized CPU tensors are read in
+    /// place (see [`crate::model::mapped`]).
+    map: Option<std::sync::Arc<memmap2::Mmap>>,
     pub content: candle_core::quantized::gguf_file::Content,
 }
 
@@ -459,9 +464,16 @@ impl GgufFile {
                 reason: format!("not a readable GGUF file ({e})"),
             }
         })?;
+        // SAFETY: a read-only map of a file the app only ever replaces by renaming a new one
+        // over it (fsutil), never writes in place; every slice taken from it is bounds-checked
+        // against the map's length first (FilePages::new).
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .ok()
+            .map(std::sync::Arc::new);
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(file),
+            map,
             content,
         })
     }
@@ -469,9 +481,36 @@ impl GgufFile {
     /// The tensor `name` on `device`; a plain (f32/f16/bf16) one always on the CPU, since the
     /// GPU backends cannot dequantize those: its dequantized copy is moved over instead.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        Ok(self.tensor_in_place(name, device)?.map(|(q, _)| q))
+    }
+
+    /// Like [`GgufFile::tensor`], with the file pages a quantized CPU tensor is read from in
+    /// place (None: it was read into memory).
+    pub fn tensor_in_place(
+        &self,
+        name: &str,
+        device: &Device,
+    ) -> Result<Option<(QTensor, Option<FilePages>)>> {
         let Some(info) = self.content.tensor_infos.get(name) else {
             return Ok(None);
         };
+        if let (true, Some(map)) = (device.is_cpu(), &self.map) {
+            let dtype = info.ggml_dtype;
+            let elems = info.shape.elem_count();
+            let len = elems / dtype.block_size() * dtype.type_size();
+            let start =
+                (self.content.tensor_data_offset as usize).saturating_add(info.offset as usize);
+            let Some(pages) = FilePages::new(map.clone(), start, len) else {
+                return Err(Error::BadWeights {
+                    path: self.path.clone(),
+                    reason: format!("tensor `{name}` runs past the end of the file"),
+                });
+            };
+            if let Some(q) = crate::model::mapped::qtensor(dtype, info.shape.dims(), pages.clone())
+            {
+                return Ok(Some((q, Some(pages))));
+            }
+        }
         let device = if matches!(
             info.ggml_dtype,
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
@@ -484,12 +523,14 @@ impl GgufFile {
             path: self.path.clone(),
             reason: "the file lock is poisoned".into(),
         })?;
-        Ok(Some(self.content.tensor(&mut *f, name, device).map_err(
-            |e| Error::BadWeights {
+        let q = self
+            .content
+            .tensor(&mut *f, name, device)
+            .map_err(|e| Error::BadWeights {
                 path: self.path.clone(),
                 reason: format!("tensor `{name}`: {e}"),
-            },
-        )?))
+            })?;
+        Ok(Some((q, None)))
     }
 }
 
