@@ -160,31 +160,32 @@ fn prompt_past_the_context_is_refused() {
 
 #[test]
 fn bench_tiny_prints_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
-        .args([
-            "bench",
-            "--shape",
-            "tiny",
-            "--tokens",
-            "3",
-            "--images",
-            "1",
-            "--threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    let v = json_stdout(&out);
-    for k in [
-        "encode_s_per_image",
-        "prefill_s",
-        "decode_s_per_token",
-        "peak_rss_bytes",
-        "threads",
-    ] {
-        assert!(v[k].as_f64().is_some(), "{k} missing: {v}");
+    for dtype in ["f32", "q8_0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
+            .args(["bench", "--shape", "tiny", "--tokens", "3", "--images", "1"])
+            .args(["--threads", "1", "--dtype", dtype])
+            .output()
+            .unwrap();
+        let v = json_stdout(&out);
+        for k in [
+            "encode_s_per_image",
+            "prefill_s",
+            "decode_s_per_token",
+            "peak_rss_bytes",
+            "weights_bytes",
+            "threads",
+        ] {
+            assert!(v[k].as_f64().is_some(), "{k} missing: {v}");
+        }
+        assert_eq!(v["prompt_tokens"], 37);
+        assert_eq!(v["dtype"], dtype);
+        if dtype != "f32" {
+            // Timed from the model written as a model cache file, loaded by a process of its own.
+            assert!(v["load_s"].as_f64().is_some(), "{v}");
+            let top1 = v["fidelity_vs_f32"]["top1_agreement"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&top1), "{v}");
+        }
     }
-    assert_eq!(v["prompt_tokens"], 37);
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {

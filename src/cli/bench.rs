@@ -1,14 +1,17 @@
 //! `flamingo bench`: random weights at a named shape, no download; prints JSON timings.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
 use crate::generate::{generate, GenerateOptions, GenerationConfig};
-use crate::model::config::{MosaicGptConfig, VisionConfig};
+use crate::model::config::{LmConfig, MosaicGptConfig, VisionConfig};
 use crate::model::linear::WeightFormat;
-use crate::model::loader::random_model;
+use crate::model::loader::{keep_model, random_model};
+use crate::model::weights::Recorded;
+use crate::model::Flamingo;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -30,6 +33,9 @@ pub struct BenchArgs {
     /// `auto` (the GPU this build was made for when one is present, else the CPU) or `cpu`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu"])]
     pub device: String,
+    /// (Internal) time the model kept in this model cache file, in a process of its own.
+    #[arg(long, hide = true)]
+    pub kept: Option<PathBuf>,
 }
 
 pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
@@ -124,6 +130,35 @@ pub fn two_shot_prompt(media_id: u32, eoc_id: u32) -> Vec<u32> {
     ids
 }
 
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Bytes of the distinct tensors in a model's record.
+fn record_bytes(record: &[(String, Recorded)]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    record
+        .iter()
+        .filter(|(n, _)| seen.insert(n.as_str()))
+        .map(|(_, r)| match r {
+            Recorded::Plain(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Recorded::Linear(w) => crate::model::linear::Linear::from_weight(w.clone(), None)
+                .map(|l| l.weight_bytes())
+                .unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Builds random f32 weights at the shape. In f32 they are timed right here; in another
+/// format they are converted and written as a model cache file, the fidelity against f32 is
+/// measured on that file, and a fresh process loads it the way the app does on a later start
+/// (quantized weights read in place) and does the timings, so that its peak memory is the
+/// app's.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     super::configure_threads(a.threads);
     let (vcfg, lcfg, every) = shapes(&a.shape)
@@ -133,35 +168,119 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         crate::engine::pick_device()
     };
+    let fmt = WeightFormat::parse(&a.dtype).unwrap_or_default();
+    let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
+    let lm_cfg = LmConfig::MosaicGpt(lcfg.clone());
+    if let Some(path) = &a.kept {
+        let t = Instant::now();
+        let mut model = Flamingo::from_model_cache(path, &vcfg, &lm_cfg, media, &device, fmt)?;
+        model.prepare_weights()?;
+        device.synchronize()?;
+        let load_s = t.elapsed().as_secs_f64();
+        let mut out = timings(&model, &a, &vcfg, &device, media, eoc)?;
+        out.insert("load_s".into(), load_s.into());
+        out.insert(
+            "weights_bytes".into(),
+            std::fs::metadata(path).map(|m| m.len()).ok().into(),
+        );
+        out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let (model, record) = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
+    let mut out = if fmt == WeightFormat::F32 {
+        let build_s = t0.elapsed().as_secs_f64();
+        let weights = record_bytes(&record);
+        drop(record);
+        let mut out = timings(&model, &a, &vcfg, &device, media, eoc)?;
+        out.insert("build_s".into(), build_s.into());
+        out.insert("fidelity_vs_f32".into(), serde_json::Value::Null);
+        out.insert("weights_bytes".into(), weights.into());
+        out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
+        out
+    } else {
+        let pixels = Tensor::randn(
+            0f32,
+            1f32,
+            (3, 3, vcfg.image_size, vcfg.image_size),
+            &device,
+        )?;
+        let prompt = two_shot_prompt(media, eoc);
+        let reference = prompt_logits(&model, &pixels, &prompt)?;
+        drop(model);
+        let file = TempFile(std::env::temp_dir().join(format!(
+            "flamingo-bench-{}-{}.gguf",
+            std::process::id(),
+            fmt.name()
+        )));
+        keep_model(&file.0, fmt, record)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        let kept = Flamingo::from_model_cache(&file.0, &vcfg, &lm_cfg, media, &device, fmt)?;
+        let fidelity = compare(&reference, &prompt_logits(&kept, &pixels, &prompt)?)?;
+        drop(kept);
+        let mut out = time_in_child(&a, &file.0)?;
+        out.insert("build_s".into(), build_s.into());
+        out.insert("fidelity_vs_f32".into(), fidelity);
+        out
+    };
+    out.insert("shape".into(), a.shape.clone().into());
+    out.insert("dtype".into(), fmt.name().into());
+    out.insert("device".into(), device_label.into());
+    out.insert(
+        "threads".into(),
+        candle_core::utils::get_num_threads().into(),
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::Value::Object(out))?
+    );
+    Ok(())
+}
+
+/// Runs this program's `bench --kept FILE` with the same settings; its JSON result.
+fn time_in_child(
+    a: &BenchArgs,
+    file: &Path,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("bench")
+        .args([
+            "--shape", &a.shape, "--dtype", &a.dtype, "--device", &a.device,
+        ])
+        .args(["--tokens", &a.tokens.to_string()])
+        .args(["--images", &a.images.to_string()])
+        .arg("--kept")
+        .arg(file)
+        .stderr(std::process::Stdio::inherit());
+    if let Some(n) = a.threads {
+        cmd.args(["--threads", &n.to_string()]);
+    }
+    let done = cmd.output()?;
+    if !done.status.success() {
+        anyhow::bail!("timing the kept model failed ({})", done.status);
+    }
+    match serde_json::from_slice(&done.stdout)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("timing the kept model printed no JSON object"),
+    }
+}
+
+/// Encode, prefill, decode, cold caption and re-query timings of `model`.
+fn timings(
+    model: &Flamingo,
+    a: &BenchArgs,
+    vcfg: &VisionConfig,
+    device: &Device,
+    media: u32,
+    eoc: u32,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     // A GPU runs asynchronously: every timed span ends by waiting for its work.
     let sync = || device.synchronize();
-    let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
-    let t0 = Instant::now();
-    let mut model = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
-    let fmt = WeightFormat::parse(&a.dtype).unwrap_or_default();
-    let fidelity_pixels = Tensor::randn(
-        0f32,
-        1f32,
-        (3, 3, vcfg.image_size, vcfg.image_size),
-        &device,
-    )?;
     let prompt = two_shot_prompt(media, eoc);
-    let reference = if fmt != WeightFormat::F32 {
-        Some(prompt_logits(&model, &fidelity_pixels, &prompt)?)
-    } else {
-        None
-    };
-    model.convert_weights(fmt)?;
-    let fidelity = match reference {
-        Some(r) => Some(compare(
-            &r,
-            &prompt_logits(&model, &fidelity_pixels, &prompt)?,
-        )?),
-        None => None,
-    };
-    let build_s = t0.elapsed().as_secs_f64();
     let s = vcfg.image_size;
-    let one = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
+    let one = Tensor::randn(0f32, 1f32, (1, 3, s, s), device)?;
     // Warm-up, then the timed encodes.
     model.encode_images(&one)?;
     sync()?;
@@ -172,7 +291,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     sync()?;
     let encode_per_image = t.elapsed().as_secs_f64() / a.images.max(1) as f64;
 
-    let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), &device)?;
+    let pixels = Tensor::randn(0f32, 1f32, (3, 3, s, s), device)?;
     let latents = model.encode_images(&pixels)?.unsqueeze(0)?;
     // Warm-up prefill (first-touch allocations), then the timed one.
     model
@@ -198,7 +317,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         keep_logits: false,
     };
     let cancel = AtomicBool::new(false);
-    let g = generate(&model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
+    let g = generate(model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
     let decode_per_token = g.timings.decode_s / (g.tokens.len().max(2) - 1) as f64;
     let cold_caption_s = g.timings.encode_s + g.timings.prefill_s + g.timings.decode_s;
 
@@ -233,12 +352,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     sync()?;
     let final_prefill_s = t.elapsed().as_secs_f64();
     let out = serde_json::json!({
-        "shape": a.shape,
-        "dtype": fmt.name(),
-        "fidelity_vs_f32": fidelity,
-        "device": device_label,
-        "threads": candle_core::utils::get_num_threads(),
-        "build_s": build_s,
         "encode_s_per_image": encode_per_image,
         "prompt_tokens": prompt.len(),
         "prefill_s": prefill_s,
@@ -248,8 +361,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "requery_ttft_s": requery_ttft_s,
         "requery_encode_s": requery_encode_s,
         "requery_final_prefill_s": final_prefill_s,
-        "peak_rss_bytes": peak_rss_bytes(),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    match out {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("timings are not a JSON object"),
+    }
 }

@@ -3,7 +3,7 @@
 //! resized embedding). SPEC §7.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -172,35 +172,14 @@ impl Flamingo {
             Some(c) if format != WeightFormat::F32 => Some(c.model_path(files, format.name())?),
             _ => None,
         };
-        if let Some(path) = &cached_model {
-            if let Ok(g) = GgufFile::open(path) {
-                let g = std::sync::Arc::new(g);
-                if model_cache_layout_ok(&g, format) {
-                    let label = |s: &str| format!("{} ({s})", path.display());
-                    let section = |i: usize| {
-                        let mut st = TensorStore::gguf_section(
-                            g.clone(),
-                            SECTIONS[i],
-                            label(SECTIONS[i]),
-                            device,
-                        );
-                        st.format = format;
-                        st
-                    };
-                    let stores = Stores {
-                        clip: section(0),
-                        ckpt: section(1),
-                        lm: section(2),
-                    };
-                    match Self::build(stores, &vcfg, &lm_cfg, files, media_id, device, format) {
-                        Ok((model, _)) => return Ok(model),
-                        Err(e) => eprintln!(
-                            "note: the cached {} model {} is not usable ({e}); rebuilding it",
-                            format.name(),
-                            path.display()
-                        ),
-                    }
-                }
+        if let Some(path) = cached_model.as_deref().filter(|p| p.exists()) {
+            match Self::from_model_cache(path, &vcfg, &lm_cfg, media_id, device, format) {
+                Ok(model) => return Ok(model),
+                Err(e) => eprintln!(
+                    "note: the cached {} model {} is not usable ({e}); rebuilding it",
+                    format.name(),
+                    path.display()
+                ),
             }
         }
         let convert = format == WeightFormat::F32;
@@ -215,7 +194,15 @@ impl Flamingo {
                 st.start_recording();
             }
         }
-        let (model, record) = Self::build(stores, &vcfg, &lm_cfg, files, media_id, device, format)?;
+        let (model, record) = Self::build(
+            stores,
+            &vcfg,
+            &lm_cfg,
+            &files.checkpoint.path,
+            media_id,
+            device,
+            format,
+        )?;
         if let Some(path) = cached_model {
             if let Err(e) = write_model_cache(&path, format, record) {
                 eprintln!(
@@ -228,12 +215,44 @@ impl Flamingo {
         Ok(model)
     }
 
+    /// Loads a model kept in the app's model cache (a GGUF file written after a first load
+    /// in `format`); quantized weights are read in place from the file.
+    pub fn from_model_cache(
+        path: &Path,
+        vcfg: &VisionConfig,
+        lm_cfg: &LmConfig,
+        media_id: u32,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        let g = std::sync::Arc::new(GgufFile::open(path)?);
+        if !model_cache_layout_ok(&g, format) {
+            return Err(Error::BadWeights {
+                path: path.to_path_buf(),
+                reason: format!("not a {} model of this version of the app", format.name()),
+            });
+        }
+        let section = |i: usize| {
+            let label = format!("{} ({})", path.display(), SECTIONS[i]);
+            let mut st = TensorStore::gguf_section(g.clone(), SECTIONS[i], label, device);
+            st.format = format;
+            st
+        };
+        let stores = Stores {
+            clip: section(0),
+            ckpt: section(1),
+            lm: section(2),
+        };
+        Ok(Self::build(stores, vcfg, lm_cfg, path, media_id, device, format)?.0)
+    }
+
+    /// The model from its three stores; `checkpoint` names the checkpoint in errors.
     #[allow(clippy::too_many_arguments)]
     fn build(
         mut stores: Stores,
         vcfg: &VisionConfig,
         lm_cfg: &LmConfig,
-        files: &ModelFiles,
+        checkpoint: &Path,
         media_id: u32,
         device: &Device,
         format: WeightFormat,
@@ -253,14 +272,14 @@ impl Flamingo {
         let idx: Vec<usize> = idx.into_iter().collect();
         if idx.iter().any(|&i| i >= n_layers) {
             return Err(Error::BadWeights {
-                path: files.checkpoint.path.clone(),
+                path: checkpoint.to_path_buf(),
                 reason: format!(
                     "cross-attention blocks for layers {idx:?} but the language model has {n_layers} layers: the checkpoint belongs to another language model"
                 ),
             });
         }
         let every = xattn_every_n(&idx, n_layers).ok_or_else(|| Error::BadWeights {
-            path: files.checkpoint.path.clone(),
+            path: checkpoint.to_path_buf(),
             reason: format!(
                 "cross-attention blocks at layers {idx:?} do not follow the 'every n layers' rule"
             ),
@@ -381,7 +400,9 @@ fn write_model_cache(
     written
 }
 
-/// Makes a model of the given shapes with random weights (for benchmarks), no files needed.
+/// Makes an f32 model of the given shapes with random weights (for benchmarks), no files
+/// needed, through the same build as a real one; with what it was built from, which
+/// [`keep_model`] writes as a model cache file.
 pub fn random_model(
     vcfg: &VisionConfig,
     lm: &crate::model::config::MosaicGptConfig,
@@ -389,7 +410,7 @@ pub fn random_model(
     vocab: usize,
     media_id: u32,
     device: &Device,
-) -> Result<Flamingo> {
+) -> Result<(Flamingo, Vec<(String, Recorded)>)> {
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
         let x = if std == 0.0 {
@@ -426,8 +447,6 @@ pub fn random_model(
         put(format!("{b}.mlp.c_proj.bias"), &[w], 0.02)?;
     }
     let clip = TensorStore::new(std::mem::take(&mut t), "random CLIP");
-    let vision = VisionTower::load(&clip.pp("visual"), vcfg)?;
-    drop(clip);
 
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
@@ -490,28 +509,52 @@ pub fn random_model(
         )?;
     }
     put("transformer.ln_f.weight".into(), &[d], 0.0)?;
-    let store = TensorStore::new(t, "random weights");
-    let perceiver = PerceiverResampler::load(&store.pp("perceiver"), w)?;
-    let xattn = (0..lm.n_layers)
-        .map(|i| {
-            if (i + 1) % every == 0 {
-                GatedCrossAttention::load(&store.pp(format!("xattn.{i}")), d, w).map(Some)
-            } else {
-                Ok(None)
-            }
+    let store = |t: HashMap<String, Tensor>, what: &str| {
+        let mut st = TensorStore::new(t, what);
+        st.start_recording();
+        st
+    };
+    let mut clip = clip;
+    clip.start_recording();
+    let (ckpt, lm_t): (HashMap<_, _>, HashMap<_, _>) = t
+        .into_iter()
+        .partition(|(k, _)| k.starts_with("perceiver.") || k.starts_with("xattn.") || k == "embed");
+    let stores = Stores {
+        clip,
+        ckpt: store(ckpt, "random checkpoint"),
+        lm: store(lm_t, "random LM"),
+    };
+    Flamingo::build(
+        stores,
+        vcfg,
+        &LmConfig::MosaicGpt(lm.clone()),
+        Path::new("random checkpoint"),
+        media_id,
+        device,
+        WeightFormat::F32,
+    )
+}
+
+/// Writes the model a record describes (from [`random_model`]) as a model cache file in
+/// `format`, its linear layers converted on the way.
+pub fn keep_model(
+    path: &Path,
+    format: WeightFormat,
+    record: Vec<(String, Recorded)>,
+) -> Result<()> {
+    let record = record
+        .into_iter()
+        .map(|(name, r)| {
+            Ok(match r {
+                Recorded::Linear(LinearWeight::Dense(w)) => (
+                    name,
+                    Recorded::Linear(crate::model::linear::convert_weight(w, format)?),
+                ),
+                other => (name, other),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let embed = store.get("embed", &[vocab, d])?;
-    let lm = LanguageModel::MosaicGpt(MosaicGpt::load(&store.pp(""), lm, embed)?);
-    Ok(Flamingo {
-        vision,
-        perceiver,
-        lm,
-        xattn,
-        media_id,
-        device: device.clone(),
-        format: Default::default(),
-    })
+    write_model_cache(path, format, record)
 }
 
 #[cfg(test)]

@@ -27,15 +27,16 @@ cols = [("encode_s_per_image", "encode/img s"), ("prefill_s", "prefill s"),
         ("requery_ttft_s", "re-query TTFT s"), ("peak_rss_bytes", "peak RSS GB")]
 def cell(v, k):
     return f"{v / 1e9:.2f}" if k == "peak_rss_bytes" else f"{v:.3f}"
-print("| | " + " | ".join(c[1] for c in cols) + " | logit cos min | top-1 vs f32 |")
-print("|---" * (len(cols) + 3) + "|")
+print("| | " + " | ".join(c[1] for c in cols)
+      + " | weights GB | RSS / weights | logit cos min | top-1 vs f32 |")
+print("|---" * (len(cols) + 5) + "|")
 def fid(r):
     f = r.get("fidelity_vs_f32")
     return (f"{f['cosine_min']:.5f}", f"{100 * f['top1_agreement']:.1f}%") if f else ("1", "100%")
 pt = ["PyTorch f32"]
 for k, _ in cols:
     pt.append(cell(t[k], k) if k in t else "")
-print("| " + " | ".join(pt) + " | | |")
+print("| " + " | ".join(pt) + " | | | | |")
 for f, r in rows:
     cells = [f"flamingo {f}"]
     for k, _ in cols:
@@ -43,6 +44,8 @@ for f, r in rows:
         if k in t and t[k]:
             v += f" ({r[k] / t[k]:.2f}x)"
         cells.append(v)
+    w = r.get("weights_bytes")
+    cells += [f"{w / 1e9:.2f}", f"{r['peak_rss_bytes'] / w:.2f}x"] if w else ["", ""]
     print("| " + " | ".join(cells) + " | " + " | ".join(fid(r)) + " |")
 # PyTorch has no re-query cache: its re-query costs an encode of every image plus the whole
 # prefill again; this line gives that figure for comparison.
