@@ -28,6 +28,134 @@ where
     })
 }
 
+/// `e^x` in plain float arithmetic that the compiler turns into vector code (std's `exp` is
+/// one library call per element): x = n ln2 + r with |r| <= ln2/2, e^r from its Taylor
+/// polynomial to degree 7 (error below 1e-8 relative), 2^n put in the exponent bits. Within a
+/// few units in the last place of f32 everywhere; 0 below -87.3 (and for -inf, so that masked
+/// scores weigh nothing), +inf above 88.7.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two, so that n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let tiny = x < -87.3;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    // 2^n from the bits of n + 127 + ROUND (exact in f32: the integer n + 127, in [1, 255], is
+    // in its lowest mantissa bits), shifted into the exponent; 255 gives +inf, as e^88.7 is.
+    // No branch and no float-to-int cast, so that the loop stays vector code.
+    let scale = f32::from_bits((n + (127.0 + ROUND)).to_bits() << 23);
+    let y = p * scale;
+    if tiny {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// Calls `body(args)` compiled for AVX2 where the CPU has it (8 floats per instruction
+/// instead of the baseline's 4), else as built.
+macro_rules! wide {
+    ($body:ident($($a:ident),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            fn avx2(o: &mut [f32], i: &[f32], extra: usize) {
+                $body(o, i, extra)
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let (o, i, extra) = wide!(@args $($a),*);
+                // SAFETY: the CPU has AVX2, checked just above.
+                unsafe { avx2(o, i, extra) }
+            } else {
+                let (o, i, extra) = wide!(@args $($a),*);
+                $body(o, i, extra)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let (o, i, extra) = wide!(@args $($a),*);
+            $body(o, i, extra)
+        }
+    }};
+    (@args $o:ident, $i:ident) => { ($o, $i, 0usize) };
+    (@args $o:ident, $i:ident, $e:ident) => { ($o, $i, $e) };
+}
+
+#[inline(always)]
+fn quick_gelu_body(o: &mut [f32], i: &[f32], _: usize) {
+    for (o, &v) in o.iter_mut().zip(i) {
+        *o = v / (1.0 + exp_f32(-1.702 * v));
+    }
+}
+
+/// Softmax of each `row`-long row of `i` into `o`.
+#[inline(always)]
+fn softmax_body(o: &mut [f32], i: &[f32], row: usize) {
+    for (o, i) in o.chunks_mut(row).zip(i.chunks(row)) {
+        // Eight running maxima and sums (vector lanes): speed, and a smaller rounding error.
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut blocks = i.chunks_exact(8);
+        for b in &mut blocks {
+            for (m, &v) in lanes.iter_mut().zip(b) {
+                *m = m.max(v);
+            }
+        }
+        let max = blocks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        // A row of -inf only (everything masked) gives NaN, as candle's does.
+        for (o, &v) in o.iter_mut().zip(i) {
+            *o = exp_f32(v - max);
+        }
+        let mut lanes = [0f32; 8];
+        let mut blocks = o.chunks_exact(8);
+        for b in &mut blocks {
+            for (s, v) in lanes.iter_mut().zip(b) {
+                *s += v;
+            }
+        }
+        let sum = lanes.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>();
+        for o in o.iter_mut() {
+            *o /= sum;
+        }
+    }
+}
+
+/// Runs `f(chunk of out, matching chunk of src)` over chunks of `chunk` elements on up to
+/// candle's thread count of threads (one, for small inputs).
+fn for_chunks<F>(src: &[f32], out: &mut [f32], chunk: usize, f: F)
+where
+    F: Fn(&mut [f32], &[f32]) + Sync,
+{
+    let threads = candle_core::utils::get_num_threads().max(1);
+    // Below this a thread costs more than it saves.
+    let per_thread = src.len().div_ceil(threads).max(1 << 15);
+    let per_thread = per_thread.div_ceil(chunk) * chunk;
+    if per_thread >= src.len() {
+        f(out, src);
+        return;
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        for (o, i) in out.chunks_mut(per_thread).zip(src.chunks(per_thread)) {
+            s.spawn(move || f(o, i));
+        }
+    });
+}
+
 /// CLIP's QuickGELU, `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
@@ -50,18 +178,40 @@ impl CustomOp1 for QuickGelu {
         };
         let src = &data[start..end];
         let mut out = vec![0f32; src.len()];
-        let threads = candle_core::utils::get_num_threads().max(1);
-        // Below this a thread costs more than it saves.
-        let chunk = src.len().div_ceil(threads).max(1 << 15);
-        std::thread::scope(|s| {
-            for (o, i) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                s.spawn(move || {
-                    for (o, &v) in o.iter_mut().zip(i) {
-                        *o = v / (1.0 + (-1.702 * v).exp());
-                    }
-                });
-            }
-        });
+        for_chunks(src, &mut out, 1, |o, i| wide!(quick_gelu_body(o, i)));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension: rows spread over threads, exponentials from [`exp_f32`];
+/// candle's own for other devices, types and non-contiguous views.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && x.is_contiguous()
+        && x.rank() > 0
+    {
+        x.apply_op1_no_bwd(&SoftmaxRows)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+struct SoftmaxRows;
+
+impl CustomOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "softmax-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("softmax-rows takes a contiguous f32 tensor")
+        };
+        let src = &data[start..end];
+        let row = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; src.len()];
+        for_chunks(src, &mut out, row, |o, i| wide!(softmax_body(o, i, row)));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -69,11 +219,49 @@ impl CustomOp1 for QuickGelu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d: Vec<f32> = (a - b).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         d.into_iter().fold(0f32, |m, v| m.max(v.abs()))
+    }
+
+    #[test]
+    fn exp_f32_is_within_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_7;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(1000.0).is_infinite());
+    }
+
+    #[test]
+    fn softmax_matches_candles() {
+        let x = Tensor::randn(0f32, 4f32, (2, 16, 257, 257), &Device::Cpu).unwrap();
+        // Both against softmax in f64: ours is no further off than candle's own f32 one.
+        let exact = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let ours = max_abs_diff(&softmax_last_dim(&x).unwrap(), &exact);
+        let candles = max_abs_diff(&candle_nn::ops::softmax_last_dim(&x).unwrap(), &exact);
+        assert!(
+            ours <= 2.0 * candles + 1e-7,
+            "ours off by {ours}, candle's by {candles}"
+        );
+        // Masked entries (-inf) get 0, as in candle's.
+        let m = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
+        let got: Vec<Vec<f32>> = softmax_last_dim(&m).unwrap().to_vec2().unwrap();
+        assert_eq!(got[0][1], 0.0);
+        assert!((got[0][0] + got[0][2] - 1.0).abs() < 1e-6);
     }
 
     #[test]

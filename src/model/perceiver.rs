@@ -82,7 +82,7 @@ impl PerceiverAttention {
         let q = (split_heads(&q, HEADS)? * (DIM_HEAD as f64).powf(-0.5))?;
         let k = split_heads(&k, HEADS)?;
         let v = split_heads(&v, HEADS)?;
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let att = crate::model::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let o = merge_heads(&att.matmul(&v)?)?;
         self.to_out.forward(&o)
     }

@@ -55,7 +55,7 @@ impl ResBlock {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let att = q.matmul(&k.t()?)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = crate::model::ops::softmax_last_dim(&att)?;
         let o = att.matmul(&v)?; // [b,h,n,hd]
         let o = o.transpose(1, 2)?.reshape((b, n, w))?;
         let x = (x + self.out_proj.forward(&o)?)?;

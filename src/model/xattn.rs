@@ -143,7 +143,7 @@ impl GatedCrossAttention {
             .allowed
             .broadcast_as(sim.shape())?
             .where_cond(&sim, &fill)?;
-        let att = candle_nn::ops::softmax_last_dim(&sim)?;
+        let att = crate::model::ops::softmax_last_dim(&sim)?;
         let att = att.broadcast_mul(&mask.has_media.to_dtype(att.dtype())?)?;
         let o = self.to_out.forward(&merge_heads(&att.matmul(&kv.v)?)?)?;
         let x = (x + o.broadcast_mul(&self.attn_gate)?)?;

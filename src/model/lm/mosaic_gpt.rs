@@ -183,7 +183,7 @@ impl MosaicGpt {
             .softmax_scale
             .unwrap_or(1.0 / ((d / nh) as f64).sqrt());
         let att = ((q.matmul(&k.t()?)? * scale)?).broadcast_add(&bias.0)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = crate::model::ops::softmax_last_dim(&att)?;
         let o = merge_heads(&att.matmul(&v)?)?;
         let x = (x + blk.out_proj.forward(&o)?)?;
         let m = blk.mlp_up.forward(&blk.ln_2.forward(&x)?)?.gelu_erf()?;
