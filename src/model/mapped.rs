@@ -35,7 +35,7 @@ impl FilePages {
         (end <= map.len()).then_some(Self { map, start, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
 

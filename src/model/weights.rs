@@ -226,9 +226,8 @@ impl TensorStore {
                 })?
                 .ok_or_else(|| self.missing(name))?,
             Backing::Gguf(g, prefix) => g
-                .tensor(&format!("{prefix}{raw}"), &self.device)?
-                .ok_or_else(|| self.missing(name))?
-                .dequantize(&self.device)?,
+                .dense(&format!("{prefix}{raw}"), &self.device)?
+                .ok_or_else(|| self.missing(name))?,
         };
         Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
     }
@@ -277,14 +276,23 @@ impl TensorStore {
     ) -> Result<LinearWeight> {
         let w = match &self.backing {
             Backing::Gguf(g, prefix) => {
-                let (q, pages) = g
-                    .tensor_in_place(&format!("{prefix}{name}"), &self.device)?
-                    .ok_or_else(|| self.missing(name))?;
-                self.check_shape(name, q.shape().dims(), shape)?;
-                match q.dtype() {
-                    GgmlDType::F32 => LinearWeight::Dense(q.dequantize(&self.device)?),
-                    GgmlDType::F16 => LinearWeight::F16(q.dequantize_f16(&self.device)?),
-                    _ => LinearWeight::Quantized(std::sync::Arc::new(q), pages),
+                let full = format!("{prefix}{name}");
+                let dtype = g.dtype(&full).ok_or_else(|| self.missing(name))?;
+                if matches!(dtype, GgmlDType::F32 | GgmlDType::F16) {
+                    let w = g
+                        .dense(&full, &self.device)?
+                        .ok_or_else(|| self.missing(name))?;
+                    self.check_shape(name, w.dims(), shape)?;
+                    match w.dtype() {
+                        DType::F16 => LinearWeight::F16(w),
+                        _ => LinearWeight::Dense(w.to_dtype(DType::F32)?),
+                    }
+                } else {
+                    let (q, pages) = g
+                        .tensor_in_place(&full, &self.device)?
+                        .ok_or_else(|| self.missing(name))?;
+                    self.check_shape(name, q.shape().dims(), shape)?;
+                    LinearWeight::Quantized(std::sync::Arc::new(q), pages)
                 }
             }
             _ => {
@@ -466,7 +474,8 @@ impl GgufFile {
         })?;
         // SAFETY: a read-only map of a file the app only ever replaces by renaming a new one
         // over it (fsutil), never writes in place; every slice taken from it is bounds-checked
-        // against the map's length first (FilePages::new).
+        // against the map's length first (FilePages::new). Another program cutting the file
+        // short while it is mapped would crash the app, as with any memory-mapped model file.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .ok()
             .map(std::sync::Arc::new);
@@ -475,6 +484,56 @@ impl GgufFile {
             file: Mutex::new(file),
             map,
             content,
+        })
+    }
+
+    /// The stored type of the tensor `name`.
+    pub fn dtype(&self, name: &str) -> Option<GgmlDType> {
+        self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)
+    }
+
+    /// The tensor `name` as a dense tensor on `device`: a plain (f32/f16/bf16) one in its
+    /// stored type, copied straight from the map (whose pages are then given back), a
+    /// quantized one dequantized to f32.
+    pub fn dense(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let dtype = match info.ggml_dtype {
+            GgmlDType::F32 => Some(DType::F32),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::BF16 => Some(DType::BF16),
+            _ => None,
+        };
+        if let (Some(dtype), Some(map)) = (dtype, &self.map) {
+            let pages = self.pages(map, name, info)?;
+            let t = Tensor::from_raw_buffer(pages.bytes(), dtype, info.shape.dims(), device)?;
+            pages.release();
+            return Ok(Some(t));
+        }
+        let Some(q) = self.tensor(name, device)? else {
+            return Ok(None);
+        };
+        Ok(Some(match q.dtype() {
+            GgmlDType::F16 => q.dequantize_f16(device)?,
+            _ => q.dequantize(device)?,
+        }))
+    }
+
+    /// The bytes of the tensor `info` (named `name`) in the map; an error when the file is
+    /// shorter.
+    fn pages(
+        &self,
+        map: &std::sync::Arc<memmap2::Mmap>,
+        name: &str,
+        info: &candle_core::quantized::gguf_file::TensorInfo,
+    ) -> Result<FilePages> {
+        let dtype = info.ggml_dtype;
+        let len = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let start = (self.content.tensor_data_offset as usize).saturating_add(info.offset as usize);
+        FilePages::new(map.clone(), start, len).ok_or_else(|| Error::BadWeights {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` runs past the end of the file"),
         })
     }
 
@@ -495,18 +554,9 @@ impl GgufFile {
             return Ok(None);
         };
         if let (true, Some(map)) = (device.is_cpu(), &self.map) {
-            let dtype = info.ggml_dtype;
-            let elems = info.shape.elem_count();
-            let len = elems / dtype.block_size() * dtype.type_size();
-            let start =
-                (self.content.tensor_data_offset as usize).saturating_add(info.offset as usize);
-            let Some(pages) = FilePages::new(map.clone(), start, len) else {
-                return Err(Error::BadWeights {
-                    path: self.path.clone(),
-                    reason: format!("tensor `{name}` runs past the end of the file"),
-                });
-            };
-            if let Some(q) = crate::model::mapped::qtensor(dtype, info.shape.dims(), pages.clone())
+            let pages = self.pages(map, name, info)?;
+            if let Some(q) =
+                crate::model::mapped::qtensor(info.ggml_dtype, info.shape.dims(), pages.clone())
             {
                 return Ok(Some((q, Some(pages))));
             }
