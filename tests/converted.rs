@@ -162,9 +162,14 @@ fn a_changed_or_damaged_source_is_converted_again() {
 }
 
 fn load_as(hub_dir: &Path, convert: &Path, fmt: WeightFormat) -> (Captioner, f64) {
+    load_with(hub_dir, Some(convert), fmt)
+}
+
+/// Loads in `fmt`, with the app's caches in `convert` (None: no caches, converted in memory).
+fn load_with(hub_dir: &Path, convert: Option<&Path>, fmt: WeightFormat) -> (Captioner, f64) {
     let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
     let mut files = resolve_in(hub_dir, spec).unwrap();
-    files.convert = Some(ConvertCache::new(convert));
+    files.convert = convert.map(ConvertCache::new);
     let t0 = Instant::now();
     let c = Captioner::from_files(spec, files, &Device::Cpu, fmt).unwrap();
     (c, t0.elapsed().as_secs_f64())
@@ -198,9 +203,12 @@ fn quantized_models_are_kept_per_format_and_reload_identically() {
             .unwrap()
             .to_string_lossy()
             .starts_with(fmt.name())));
-        // From the kept model: the same tokens.
+        // From the kept model (the first load, too, goes on with the kept file): the same
+        // tokens as the model converted in memory with no caches at all.
         let (cached, t_cached) = load_as(&hub("hf"), &convert, fmt);
+        let (in_memory, _) = load_with(&hub("hf"), None, fmt);
         assert_eq!(tokens(&fresh), tokens(&cached), "{fmt:?}");
+        assert_eq!(tokens(&in_memory), tokens(&cached), "{fmt:?}");
         assert_eq!(cached.model.weight_format(), fmt);
         eprintln!(
             "{}: first load {t_fresh:.3} s, from the kept model {t_cached:.3} s",

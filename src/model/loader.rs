@@ -204,12 +204,25 @@ impl Flamingo {
             format,
         )?;
         if let Some(path) = cached_model {
-            if let Err(e) = write_model_cache(&path, format, record) {
-                eprintln!(
+            match write_model_cache(&path, format, record) {
+                // On the CPU the model just kept is used from the file instead: its quantized
+                // weights are then read in place, and the copies in memory go.
+                Ok(()) if device.is_cpu() => {
+                    match Self::from_model_cache(&path, &vcfg, &lm_cfg, media_id, device, format) {
+                        Ok(kept) => return Ok(kept),
+                        Err(e) => eprintln!(
+                            "note: the {} model just kept in {} does not load ({e}); using the one in memory",
+                            format.name(),
+                            path.display()
+                        ),
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => eprintln!(
                     "note: could not keep the {} model in {}: {e}",
                     format.name(),
                     path.display()
-                );
+                ),
             }
         }
         Ok(model)
