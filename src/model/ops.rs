@@ -62,76 +62,79 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// Calls `body(args)` compiled for AVX2 where the CPU has it (8 floats per instruction
-/// instead of the baseline's 4), else as built.
-macro_rules! wide {
-    ($body:ident($($a:ident),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            fn avx2(o: &mut [f32], i: &[f32], extra: usize) {
-                $body(o, i, extra)
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let (o, i, extra) = wide!(@args $($a),*);
-                // SAFETY: the CPU has AVX2, checked just above.
-                unsafe { avx2(o, i, extra) }
-            } else {
-                let (o, i, extra) = wide!(@args $($a),*);
-                $body(o, i, extra)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let (o, i, extra) = wide!(@args $($a),*);
-            $body(o, i, extra)
-        }
-    }};
-    (@args $o:ident, $i:ident) => { ($o, $i, 0usize) };
-    (@args $o:ident, $i:ident, $e:ident) => { ($o, $i, $e) };
+/// A pass over a chunk of rows: `o` from `i`.
+trait Pass: Sync {
+    fn run(&self, o: &mut [f32], i: &[f32]);
 }
 
-#[inline(always)]
-fn quick_gelu_body(o: &mut [f32], i: &[f32], _: usize) {
-    for (o, &v) in o.iter_mut().zip(i) {
-        *o = v / (1.0 + exp_f32(-1.702 * v));
-    }
-}
+struct QuickGeluPass;
 
-/// Softmax of each `row`-long row of `i` into `o`.
-#[inline(always)]
-fn softmax_body(o: &mut [f32], i: &[f32], row: usize) {
-    for (o, i) in o.chunks_mut(row).zip(i.chunks(row)) {
-        // Eight running maxima and sums (vector lanes): speed, and a smaller rounding error.
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut blocks = i.chunks_exact(8);
-        for b in &mut blocks {
-            for (m, &v) in lanes.iter_mut().zip(b) {
-                *m = m.max(v);
-            }
-        }
-        let max = blocks
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        // A row of -inf only (everything masked) gives NaN, as candle's does.
+impl Pass for QuickGeluPass {
+    #[inline(always)]
+    fn run(&self, o: &mut [f32], i: &[f32]) {
         for (o, &v) in o.iter_mut().zip(i) {
-            *o = exp_f32(v - max);
-        }
-        let mut lanes = [0f32; 8];
-        let mut blocks = o.chunks_exact(8);
-        for b in &mut blocks {
-            for (s, v) in lanes.iter_mut().zip(b) {
-                *s += v;
-            }
-        }
-        let sum = lanes.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>();
-        for o in o.iter_mut() {
-            *o /= sum;
+            *o = v / (1.0 + exp_f32(-1.702 * v));
         }
     }
+}
+
+/// Softmax of each `row`-long row.
+struct SoftmaxPass {
+    row: usize,
+}
+
+impl Pass for SoftmaxPass {
+    #[inline(always)]
+    fn run(&self, o: &mut [f32], i: &[f32]) {
+        for (o, i) in o.chunks_mut(self.row).zip(i.chunks(self.row)) {
+            // Eight running maxima and sums (vector lanes): speed, and a smaller rounding error.
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let mut blocks = i.chunks_exact(8);
+            for b in &mut blocks {
+                for (m, &v) in lanes.iter_mut().zip(b) {
+                    *m = m.max(v);
+                }
+            }
+            let max = blocks
+                .remainder()
+                .iter()
+                .chain(&lanes)
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            // A row of -inf only (everything masked) gives NaN, as candle's does.
+            for (o, &v) in o.iter_mut().zip(i) {
+                *o = exp_f32(v - max);
+            }
+            let mut lanes = [0f32; 8];
+            let mut blocks = o.chunks_exact(8);
+            for b in &mut blocks {
+                for (s, v) in lanes.iter_mut().zip(b) {
+                    *s += v;
+                }
+            }
+            let sum = lanes.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>();
+            for o in o.iter_mut() {
+                *o /= sum;
+            }
+        }
+    }
+}
+
+/// Runs `pass` built for AVX2 where the CPU has it (8 floats per instruction instead of the
+/// baseline's 4), else as built.
+fn wide<P: Pass>(pass: &P, o: &mut [f32], i: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // One copy of this for each pass, whose `run` is inlined into it: built for AVX2.
+        #[target_feature(enable = "avx2")]
+        fn avx2<P: Pass>(pass: &P, o: &mut [f32], i: &[f32]) {
+            pass.run(o, i)
+        }
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx2(pass, o, i) };
+        return;
+    }
+    pass.run(o, i)
 }
 
 /// Runs `f(chunk of out, matching chunk of src)` over chunks of `chunk` elements on up to
@@ -156,62 +159,59 @@ where
     });
 }
 
-/// CLIP's QuickGELU, `x * sigmoid(1.702 x)`.
-pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
-        x.apply_op1_no_bwd(&QuickGelu)
-    } else {
-        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
-    }
+/// Whether `x` takes the fused CPU passes below.
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() && x.rank() > 0
 }
 
-struct QuickGelu;
-
-impl CustomOp1 for QuickGelu {
-    fn name(&self) -> &'static str {
-        "quick-gelu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("quick-gelu takes a contiguous f32 tensor")
-        };
-        let src = &data[start..end];
-        let mut out = vec![0f32; src.len()];
-        for_chunks(src, &mut out, 1, |o, i| wide!(quick_gelu_body(o, i)));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+/// CLIP's QuickGELU, `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fusable(x) {
+        x.apply_op1_no_bwd(&Fused::QuickGelu)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
     }
 }
 
 /// Softmax over the last dimension: rows spread over threads, exponentials from [`exp_f32`];
 /// candle's own for other devices, types and non-contiguous views.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && x.is_contiguous()
-        && x.rank() > 0
-    {
-        x.apply_op1_no_bwd(&SoftmaxRows)
+    if fusable(x) {
+        x.apply_op1_no_bwd(&Fused::Softmax)
     } else {
         candle_nn::ops::softmax_last_dim(x)
     }
 }
 
-struct SoftmaxRows;
+/// The fused passes over a contiguous f32 CPU tensor.
+enum Fused {
+    QuickGelu,
+    /// Over the last dimension.
+    Softmax,
+}
 
-impl CustomOp1 for SoftmaxRows {
+impl CustomOp1 for Fused {
     fn name(&self) -> &'static str {
-        "softmax-rows"
+        match self {
+            Self::QuickGelu => "quick-gelu",
+            Self::Softmax => "softmax-rows",
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("softmax-rows takes a contiguous f32 tensor")
+            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
         };
         let src = &data[start..end];
-        let row = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; src.len()];
-        for_chunks(src, &mut out, row, |o, i| wide!(softmax_body(o, i, row)));
+        match self {
+            Self::QuickGelu => for_chunks(src, &mut out, 1, |o, i| wide(&QuickGeluPass, o, i)),
+            Self::Softmax => {
+                let row = l.shape().dims().last().copied().unwrap_or(1).max(1);
+                let pass = SoftmaxPass { row };
+                for_chunks(src, &mut out, row, |o, i| wide(&pass, o, i))
+            }
+        }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
