@@ -186,6 +186,24 @@ fn bench_tiny_prints_json() {
             assert!((0.0..=1.0).contains(&top1), "{v}");
         }
     }
+    // With nowhere to write the converted model, the bench says so and times it in process
+    // (TMPDIR names the temporary folder on Unix).
+    if !cfg!(unix) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .args(["bench", "--shape", "tiny", "--tokens", "2", "--images", "1"])
+        .args(["--threads", "1", "--dtype", "q8_0"])
+        .env("TMPDIR", not_a_dir.join("sub"))
+        .output()
+        .unwrap();
+    let v = json_stdout(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not write the converted model"), "{err}");
+    assert!(v["weights_bytes"].is_null() && v["decode_s_per_token"].as_f64().is_some());
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
