@@ -35,6 +35,15 @@ impl FilePages {
         (end <= map.len()).then_some(Self { map, start, len })
     }
 
+    /// The range `offset..offset + len` of this one, or None past its end.
+    pub fn sub(&self, offset: usize, len: usize) -> Option<Self> {
+        (offset.checked_add(len)? <= self.len).then(|| Self {
+            map: self.map.clone(),
+            start: self.start + offset,
+            len,
+        })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
