@@ -384,16 +384,7 @@ mod tests {
                 let part = QTensor::quantize(&rows, d).unwrap();
                 let want = QMatMul::from_qtensor(part).unwrap().forward(&x).unwrap();
                 let got = y.narrow(2, start, n).unwrap();
-                let diff: f32 = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = crate::model::ops::max_abs_diff(&got, &want);
                 assert_eq!(diff, 0.0, "{d:?} rows {start}..{}", start + n);
             }
         }

@@ -213,13 +213,8 @@ mod tests {
     use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
+    use crate::model::ops::max_abs_diff as max_diff;
     use crate::model::weights::GgufFile;
-
-    /// Largest absolute difference of two tensors of the same shape.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn weights_read_in_place_equal_weights_read_into_memory() {

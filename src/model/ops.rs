@@ -216,15 +216,17 @@ impl CustomOp1 for Fused {
     }
 }
 
+/// Largest absolute difference of two tensors of the same shape (for the model's unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d: Vec<f32> = (a - b).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    d.into_iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d: Vec<f32> = (a - b).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        d.into_iter().fold(0f32, |m, v| m.max(v.abs()))
-    }
 
     #[test]
     fn exp_f32_is_within_a_few_ulp() {
