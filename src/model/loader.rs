@@ -206,16 +206,26 @@ impl Flamingo {
         if let Some(path) = cached_model {
             match write_model_cache(&path, format, record) {
                 // On the CPU the model just kept is used from the file instead: its quantized
-                // weights are then read in place, and the copies in memory go.
+                // weights are then read in place. The copies in memory go first, so that the
+                // two never add up.
                 Ok(()) if device.is_cpu() => {
-                    match Self::from_model_cache(&path, &vcfg, &lm_cfg, media_id, device, format) {
-                        Ok(kept) => return Ok(kept),
-                        Err(e) => eprintln!(
-                            "note: the {} model just kept in {} does not load ({e}); using the one in memory",
-                            format.name(),
-                            path.display()
-                        ),
-                    }
+                    drop(model);
+                    give_back_freed_memory();
+                    return match Self::from_model_cache(
+                        &path, &vcfg, &lm_cfg, media_id, device, format,
+                    ) {
+                        Ok(kept) => Ok(kept),
+                        Err(e) => {
+                            eprintln!(
+                                "note: the {} model just kept in {} does not load ({e}); converting it again, without the cache",
+                                format.name(),
+                                path.display()
+                            );
+                            let mut files = files.clone();
+                            files.convert = None;
+                            Self::load_as(&files, media_id, device, format)
+                        }
+                    };
                 }
                 Ok(()) => {}
                 Err(e) => eprintln!(
@@ -345,6 +355,18 @@ impl Flamingo {
         // Anything not converted while loading (nothing, normally) is converted now.
         model.convert_weights(format)?;
         Ok((model, record))
+    }
+}
+
+/// Hands the heap memory freed so far back to the system where the allocator keeps it
+/// (glibc keeps most of a dropped model's weights, which would otherwise add to what the next
+/// one allocates).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system; it touches no memory in
+    // use and may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
