@@ -146,10 +146,8 @@ fn record_bytes(record: &[(String, Recorded)]) -> usize {
         .iter()
         .filter(|(n, _)| seen.insert(n.as_str()))
         .map(|(_, r)| match r {
-            Recorded::Plain(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Recorded::Linear(w) => crate::model::linear::Linear::from_weight(w.clone(), None)
-                .map(|l| l.weight_bytes())
-                .unwrap_or(0),
+            Recorded::Plain(t) => crate::model::linear::tensor_bytes(t),
+            Recorded::Linear(w) => w.bytes(),
         })
         .sum()
 }

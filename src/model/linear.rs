@@ -261,19 +261,14 @@ impl Linear {
 
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
+        let matmul = |m: &QMatMul| match m {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => tensor_bytes(w),
+        };
         match &self.weight {
-            Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Weight::Matmul(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Weight::Split(a, b) => [a, b]
-                .iter()
-                .map(|m| match m {
-                    QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                    _ => 0,
-                })
-                .sum(),
-            Weight::Matmul(QMatMul::Tensor(w)) | Weight::Matmul(QMatMul::TensorF16(w)) => {
-                w.elem_count() * w.dtype().size_in_bytes()
-            }
+            Weight::Dense(w) => tensor_bytes(w),
+            Weight::Matmul(m) => matmul(m),
+            Weight::Split(a, b) => matmul(a) + matmul(b),
         }
     }
 
@@ -297,6 +292,11 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 /// The [out, in] weight `w` as the right-hand side of a product with `x` ([.., n, in]):

@@ -481,7 +481,7 @@ pub fn random_model(
         put(format!("{b}.mlp.c_proj.weight"), &[w, hid], sd(hid))?;
         put(format!("{b}.mlp.c_proj.bias"), &[w], 0.02)?;
     }
-    let clip = TensorStore::new(std::mem::take(&mut t), "random CLIP");
+    let clip = std::mem::take(&mut t);
 
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
@@ -549,13 +549,11 @@ pub fn random_model(
         st.start_recording();
         st
     };
-    let mut clip = clip;
-    clip.start_recording();
     let (ckpt, lm_t): (HashMap<_, _>, HashMap<_, _>) = t
         .into_iter()
         .partition(|(k, _)| k.starts_with("perceiver.") || k.starts_with("xattn.") || k == "embed");
     let stores = Stores {
-        clip,
+        clip: store(clip, "random CLIP"),
         ckpt: store(ckpt, "random checkpoint"),
         lm: store(lm_t, "random LM"),
     };

@@ -137,26 +137,29 @@ fn wide<P: Pass>(pass: &P, o: &mut [f32], i: &[f32]) {
     pass.run(o, i)
 }
 
-/// Runs `f(chunk of out, matching chunk of src)` over chunks of `chunk` elements on up to
-/// candle's thread count of threads (one, for small inputs).
-fn for_chunks<F>(src: &[f32], out: &mut [f32], chunk: usize, f: F)
-where
-    F: Fn(&mut [f32], &[f32]) + Sync,
-{
+/// Runs `pass` over `src` into `out` in pieces of whole `chunk`s, on up to candle's thread
+/// count of threads (one, for small inputs).
+fn run_pass<P: Pass>(pass: &P, src: &[f32], out: &mut [f32], chunk: usize) -> Result<()> {
     let threads = candle_core::utils::get_num_threads().max(1);
     // Below this a thread costs more than it saves.
     let per_thread = src.len().div_ceil(threads).max(1 << 15);
     let per_thread = per_thread.div_ceil(chunk) * chunk;
     if per_thread >= src.len() {
-        f(out, src);
-        return;
+        wide(pass, out, src);
+        return Ok(());
     }
-    let f = &f;
-    std::thread::scope(|s| {
-        for (o, i) in out.chunks_mut(per_thread).zip(src.chunks(per_thread)) {
-            s.spawn(move || f(o, i));
-        }
-    });
+    let tasks: Vec<_> = out
+        .chunks_mut(per_thread)
+        .zip(src.chunks(per_thread))
+        .map(|(o, i)| {
+            move || {
+                wide(pass, o, i);
+                Ok(())
+            }
+        })
+        .collect();
+    in_parallel("running a fused pass", tasks)?;
+    Ok(())
 }
 
 /// Whether `x` takes the fused CPU passes below.
@@ -204,14 +207,14 @@ impl CustomOp1 for Fused {
         };
         let src = &data[start..end];
         let mut out = vec![0f32; src.len()];
-        match self {
-            Self::QuickGelu => for_chunks(src, &mut out, 1, |o, i| wide(&QuickGeluPass, o, i)),
+        let ran = match self {
+            Self::QuickGelu => run_pass(&QuickGeluPass, src, &mut out, 1),
             Self::Softmax => {
                 let row = l.shape().dims().last().copied().unwrap_or(1).max(1);
-                let pass = SoftmaxPass { row };
-                for_chunks(src, &mut out, row, |o, i| wide(&pass, o, i))
+                run_pass(&SoftmaxPass { row }, src, &mut out, row)
             }
-        }
+        };
+        ran.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

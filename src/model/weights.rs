@@ -34,6 +34,16 @@ pub enum LinearWeight {
     Quantized(std::sync::Arc<QTensor>, Option<FilePages>),
 }
 
+impl LinearWeight {
+    /// Bytes the weight holds.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Dense(t) | Self::F16(t) => crate::model::linear::tensor_bytes(t),
+            Self::Quantized(q, _) => q.storage_size_in_bytes(),
+        }
+    }
+}
+
 /// A tensor the model was built from, as kept by the model cache.
 #[derive(Clone, Debug)]
 pub enum Recorded {
