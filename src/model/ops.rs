@@ -186,6 +186,148 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Unmasked multi-head self-attention straight from a fused projection: `qkv` is
+/// `[B, N, 3W]` (queries, keys, values side by side, each `heads` heads wide), the result
+/// `[B, N, W]` with the heads side by side again, as the output projection takes it. On the
+/// CPU the heads are spread over threads and read in place (candle would copy each of q, k
+/// and v into heads-first order, multiply on one thread and copy the result back); elsewhere
+/// candle's operations.
+pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, w3) = qkv.dims3()?;
+    if heads == 0 || w3 % (3 * heads) != 0 {
+        candle_core::bail!("attention: {w3} columns do not hold q, k and v of {heads} heads")
+    }
+    if fusable(qkv) {
+        return qkv.apply_op1_no_bwd(&Attention { heads });
+    }
+    let w = w3 / 3;
+    let hd = w / heads;
+    let qkv = qkv
+        .reshape((b, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, w))
+}
+
+struct Attention {
+    heads: usize,
+}
+
+/// A pointer that threads writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each thread writes only the columns of its own heads (see `Attention::cpu_fwd`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
+        };
+        let (b, n, w3) = l.shape().dims3()?;
+        let src = &data[start..end];
+        let (w, heads) = (w3 / 3, self.heads);
+        let hd = w / heads;
+        // Queries are scaled before the product, as in candle's composed form (same rounding).
+        let scale = (hd as f64).powf(-0.5) as f32;
+        let mut out = vec![0f32; b * n * w];
+        let dst = Shared(out.as_mut_ptr());
+        let units = b * heads;
+        let threads = candle_core::utils::get_num_threads().clamp(1, units.max(1));
+        let per = units.div_ceil(threads);
+        let tasks: Vec<_> = (0..units)
+            .step_by(per.max(1))
+            .map(|first| {
+                move || {
+                    let (mut scores, mut probs) = (vec![0f32; n * n], vec![0f32; n * n]);
+                    let mut q_scaled = vec![0f32; n * hd];
+                    for unit in first..(first + per).min(units) {
+                        let (bi, h) = (unit / heads, unit % heads);
+                        let base = bi * n * w3 + h * hd;
+                        let (q, k, v) = (&src[base..], &src[base + w..], &src[base + 2 * w..]);
+                        let o = dst.at(bi * n * w + h * hd);
+                        for (qs, row) in q_scaled.chunks_exact_mut(hd).zip(q.chunks(w3)) {
+                            for (a, &b) in qs.iter_mut().zip(row) {
+                                *a = b * scale;
+                            }
+                        }
+                        // SAFETY: k and v are n rows of hd values at row stride w3 inside `src`
+                        // (the shape checked above); `q_scaled` is n x hd, `scores` and `probs`
+                        // are n x n; this unit's output is n rows of hd values at row stride w inside `out`,
+                        // written by this thread only.
+                        unsafe {
+                            gemm::gemm(
+                                n,
+                                n,
+                                hd,
+                                scores.as_mut_ptr(),
+                                1,
+                                n as isize,
+                                false,
+                                q_scaled.as_ptr(),
+                                1,
+                                hd as isize,
+                                k.as_ptr(),
+                                w3 as isize,
+                                1,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        wide(&SoftmaxPass { row: n }, &mut probs, &scores);
+                        // SAFETY: as above.
+                        unsafe {
+                            gemm::gemm(
+                                n,
+                                hd,
+                                n,
+                                o,
+                                1,
+                                w as isize,
+                                false,
+                                probs.as_ptr(),
+                                1,
+                                n as isize,
+                                v.as_ptr(),
+                                1,
+                                w3 as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .collect();
+        in_parallel("computing attention", tasks)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(out), Shape::from((b, n, w))))
+    }
+}
+
 /// The fused passes over a contiguous f32 CPU tensor.
 enum Fused {
     QuickGelu,
@@ -267,6 +409,25 @@ mod tests {
         let got: Vec<Vec<f32>> = softmax_last_dim(&m).unwrap().to_vec2().unwrap();
         assert_eq!(got[0][1], 0.0);
         assert!((got[0][0] + got[0][2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_in_place_matches_candles_composed_attention() {
+        // Odd sizes: rows that fill no vector, heads that do not split evenly over threads.
+        for (b, n, heads, hd) in [(2, 257, 5, 16), (1, 7, 3, 8)] {
+            let w3 = 3 * heads * hd;
+            // Stored [b, 3w, n] and viewed as [b, n, 3w]: the same numbers, not contiguous,
+            // so the second call takes candle's operations.
+            let t = Tensor::randn(0f32, 2f32, (b, w3, n), &Device::Cpu).unwrap();
+            let viewed = t.transpose(1, 2).unwrap();
+            let fused = self_attention(&viewed.contiguous().unwrap(), heads).unwrap();
+            let composed = self_attention(&viewed, heads).unwrap();
+            assert_eq!(fused.dims(), &[b, n, heads * hd]);
+            let d = max_abs_diff(&fused, &composed);
+            assert!(d < 1e-5, "max difference {d}");
+        }
+        let bad = Tensor::zeros((1, 4, 10), DType::F32, &Device::Cpu).unwrap();
+        assert!(self_attention(&bad, 3).is_err());
     }
 
     #[test]

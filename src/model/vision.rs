@@ -44,20 +44,9 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, w) = x.dims3()?;
-        let hd = w / self.heads;
         let h = self.ln_1.forward(x)?;
         let qkv = self.in_proj.forward(&h)?; // [b, n, 3w]
-        let qkv = qkv
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?; // [3,b,h,n,hd]
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let att = q.matmul(&k.t()?)?;
-        let att = crate::model::ops::softmax_last_dim(&att)?;
-        let o = att.matmul(&v)?; // [b,h,n,hd]
-        let o = o.transpose(1, 2)?.reshape((b, n, w))?;
+        let o = crate::model::ops::self_attention(&qkv, self.heads)?; // [b, n, w]
         let x = (x + self.out_proj.forward(&o)?)?;
         let h = self.ln_2.forward(&x)?;
         let h = self.c_fc.forward(&h)?;
