@@ -94,6 +94,16 @@ impl ImageInput {
     }
 }
 
+/// What [`Captioner::prepare`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Prepared {
+    /// Images encoded now (not found in the cache).
+    pub images_encoded: usize,
+    /// Tokens of the prompt prefix run now (0 when it was cached or not run).
+    pub prefix_tokens: usize,
+    pub seconds: f64,
+}
+
 /// One example: an image and its text.
 #[derive(Clone, Debug)]
 pub struct Shot {
@@ -252,6 +262,119 @@ impl Captioner {
         self.caches.lock().map(|c| c.stats).unwrap_or_default()
     }
 
+    fn lock_caches(&self) -> Result<std::sync::MutexGuard<'_, PromptCaches>> {
+        self.caches
+            .lock()
+            .map_err(|_| Error::Prompt("the cache lock was poisoned".into()))
+    }
+
+    /// The latents of an image: from the cache, or encoded (only images not seen before are
+    /// decoded and resized) and kept, the oldest going when the cache is full.
+    fn latents_of(
+        &self,
+        caches: &mut PromptCaches,
+        key: u64,
+        image: &ImageInput,
+    ) -> Result<Tensor> {
+        if let Some(t) = caches.vision.get(&key) {
+            caches.stats.vision_hits += 1;
+            return Ok(t.clone());
+        }
+        caches.stats.vision_misses += 1;
+        let t = self.model.encode_images(&self.pixels(&[image])?)?;
+        caches.vision.insert(key, t.clone());
+        caches.order.push_back(key);
+        if caches.order.len() > VISION_CACHE_ENTRIES {
+            if let Some(old) = caches.order.pop_front() {
+                caches.vision.remove(&old);
+            }
+        }
+        Ok(t)
+    }
+
+    /// The prompt before the query's `<image>` and the rest.
+    fn split_at_query<'a>(&self, prompt_ids: &'a [u32]) -> (&'a [u32], &'a [u32]) {
+        let media_id = self.tokenizer.media_id;
+        let split = prompt_ids.iter().rposition(|&t| t == media_id).unwrap_or(0);
+        prompt_ids.split_at(split)
+    }
+
+    /// The state after the prompt prefix with the examples' images: cached when the same
+    /// prefix tokens and images were run last, else run now and kept.
+    fn prefix_state(
+        &self,
+        caches: &mut PromptCaches,
+        prefix: &[u32],
+        keys: &[u64],
+        latents: &[Tensor],
+    ) -> Result<SessionState> {
+        if let Some((ids, ks, st)) = &caches.prefix {
+            if ids == prefix && ks[..] == keys[..] {
+                caches.stats.prefix_hits += 1;
+                return Ok(st.clone());
+            }
+        }
+        caches.stats.prefix_misses += 1;
+        let media = Tensor::cat(latents, 0)?.unsqueeze(0)?;
+        let mut s = self.model.session(&media)?;
+        s.forward(&[prefix.to_vec()])?;
+        let st = s.state();
+        caches.prefix = Some((prefix.to_vec(), keys.to_vec(), st.clone()));
+        Ok(st)
+    }
+
+    /// Work a request will need, done ahead while the user is still editing it: the
+    /// examples' images (and the query's, with `with_query`) are encoded into the cache and
+    /// the prompt up to the query's image is run, so that pressing Generate costs the query
+    /// image (if not done here), its final prompt and the decoding. Before each image and
+    /// before the prompt, `stop()` may end it early (a newer request waits); what is done
+    /// by then stays. Nothing is done without caches; a prompt too long for the model is
+    /// left for the request itself to report.
+    pub fn prepare(
+        &self,
+        req: &CaptionRequest,
+        with_query: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Prepared> {
+        let mut done = Prepared::default();
+        if !self.use_caches {
+            return Ok(done);
+        }
+        let t0 = Instant::now();
+        let mut images = request_images(req);
+        if !with_query {
+            images.pop();
+        }
+        let mut caches = self.lock_caches()?;
+        let mut latents = Vec::with_capacity(images.len());
+        let mut keys = Vec::with_capacity(images.len());
+        for image in images {
+            if stop() {
+                return Ok(done);
+            }
+            let key = content_key(image)?;
+            let misses = caches.stats.vision_misses;
+            latents.push(self.latents_of(&mut caches, key, image)?);
+            keys.push(key);
+            done.images_encoded += (caches.stats.vision_misses - misses) as usize;
+        }
+        let n_shots = req.shots.len();
+        let prompt_ids = match self.checked_prompt(req) {
+            Ok((_, ids)) if ids.len() < self.model.max_seq_len() => ids,
+            _ => return Ok(done),
+        };
+        let (prefix, _) = self.split_at_query(&prompt_ids);
+        if n_shots >= 1 && !prefix.is_empty() && !stop() {
+            let misses = caches.stats.prefix_misses;
+            self.prefix_state(&mut caches, prefix, &keys[..n_shots], &latents[..n_shots])?;
+            if caches.stats.prefix_misses > misses {
+                done.prefix_tokens = prefix.len();
+            }
+        }
+        done.seconds = t0.elapsed().as_secs_f64();
+        Ok(done)
+    }
+
     /// Greedy or sampled decoding through the caches: latents of known images are reused, and
     /// so is the state after an unchanged prompt prefix; only the query image is encoded and
     /// only the final prompt is run. Gives the same tokens as without caches.
@@ -269,42 +392,18 @@ impl Captioner {
             .iter()
             .map(|i| content_key(i))
             .collect::<Result<Vec<_>>>()?;
-        let mut caches = self
-            .caches
-            .lock()
-            .map_err(|_| Error::Prompt("the cache lock was poisoned".into()))?;
+        let mut caches = self.lock_caches()?;
         let mut out = Generated::default();
         let t0 = Instant::now();
         let mut latents = Vec::with_capacity(keys.len());
-        for (i, k) in keys.iter().enumerate() {
+        for (k, image) in keys.iter().zip(&images) {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let lat = match caches.vision.get(k).cloned() {
-                Some(t) => {
-                    caches.stats.vision_hits += 1;
-                    t
-                }
-                None => {
-                    caches.stats.vision_misses += 1;
-                    // Only images not seen before are decoded and resized.
-                    let t = self.model.encode_images(&self.pixels(&images[i..i + 1])?)?;
-                    caches.vision.insert(*k, t.clone());
-                    caches.order.push_back(*k);
-                    if caches.order.len() > VISION_CACHE_ENTRIES {
-                        if let Some(old) = caches.order.pop_front() {
-                            caches.vision.remove(&old);
-                        }
-                    }
-                    t
-                }
-            };
-            latents.push(lat);
+            latents.push(self.latents_of(&mut caches, *k, image)?);
         }
         out.timings.encode_s = t0.elapsed().as_secs_f64();
-        let media_id = self.tokenizer.media_id;
-        let split = prompt_ids.iter().rposition(|&t| t == media_id).unwrap_or(0);
-        let (prefix, suffix) = prompt_ids.split_at(split);
+        let (prefix, suffix) = self.split_at_query(prompt_ids);
         let n = latents.len();
         let t1 = Instant::now();
         let (mut session, logits) = if prefix.is_empty() || n < 2 {
@@ -313,25 +412,8 @@ impl Captioner {
             let l = s.forward(&[prompt_ids.to_vec()])?;
             (s, l)
         } else {
-            let hit = matches!(&caches.prefix, Some((ids, ks, _)) if ids == prefix && ks[..] == keys[..n - 1]);
-            let state = if hit {
-                caches.stats.prefix_hits += 1;
-                caches.prefix.as_ref().map(|(_, _, s)| s.clone())
-            } else {
-                None
-            };
-            let state = match state {
-                Some(s) => s,
-                None => {
-                    caches.stats.prefix_misses += 1;
-                    let media = Tensor::cat(&latents[..n - 1], 0)?.unsqueeze(0)?;
-                    let mut s = self.model.session(&media)?;
-                    s.forward(&[prefix.to_vec()])?;
-                    let st = s.state();
-                    caches.prefix = Some((prefix.to_vec(), keys[..n - 1].to_vec(), st.clone()));
-                    st
-                }
-            };
+            let state =
+                self.prefix_state(&mut caches, prefix, &keys[..n - 1], &latents[..n - 1])?;
             let mut s = self.model.resume(state);
             s.add_images(&latents[n - 1].unsqueeze(0)?)?;
             let l = s.forward(&[suffix.to_vec()])?;

@@ -96,6 +96,44 @@ fn first_launch_shows_samples_and_generates_from_the_tiny_model() {
 }
 
 #[test]
+fn examples_are_prepared_ahead_and_the_caption_is_the_same_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    wait_until(&mut h, "the work done ahead", |a| a.prepared.is_some());
+    let p = h.state().prepared.unwrap();
+    assert_eq!(
+        p.images_encoded, 4,
+        "three sample examples and the query: {p:?}"
+    );
+    assert!(p.prefix_tokens > 0, "{p:?}");
+
+    // A caption edited: prepared again; the images are known, the examples' prompt runs.
+    h.state_mut().prepared = None;
+    h.state_mut().ws.examples[0].text.caption = "A cat.".into();
+    h.state_mut().mark_dirty();
+    wait_until(&mut h, "the work done ahead", |a| a.prepared.is_some());
+    let p = h.state().prepared.unwrap();
+    assert_eq!(p.images_encoded, 0, "{p:?}");
+    assert!(p.prefix_tokens > 0, "{p:?}");
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
+    let ahead = h.state().output.raw.clone();
+
+    // The same working set with work-ahead off: nothing prepared, the same caption.
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    h.state_mut().settings.prepare_ahead = false;
+    ready(&mut h);
+    h.state_mut().ws.examples[0].text.caption = "A cat.".into();
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
+    assert!(h.state().prepared.is_none());
+    assert_eq!(h.state().output.raw, ahead);
+    assert!(!ahead.is_empty());
+}
+
+#[test]
 fn drops_typing_generate_stop_and_a_corrupt_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());

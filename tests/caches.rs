@@ -100,3 +100,75 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
     assert_eq!(first.generated.tokens, ids(&want["generated_token_ids"]));
     assert_eq!(plain.cache_stats(), CacheStats::default());
 }
+
+#[test]
+fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
+    let ahead =
+        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    let mut plain =
+        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    plain.use_caches = false;
+    let cancel = AtomicBool::new(false);
+    let never = || false;
+    let two = [
+        ("chelsea.png", "A cat lying on a rug."),
+        ("coffee.png", "A cup of coffee on a table."),
+    ];
+    let req = request(&two, "astronaut.png");
+
+    // A newer request waiting from the start: nothing is done.
+    let p = ahead.prepare(&req, true, &|| true).unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
+    assert_eq!(ahead.cache_stats(), CacheStats::default());
+
+    // Without the query: the examples' images and the prompt up to the query's image.
+    let p = ahead.prepare(&req, false, &never).unwrap();
+    assert_eq!(p.images_encoded, 2);
+    let prompt = plain.tokenizer.encode(&req.prompt().unwrap()).unwrap();
+    let media = plain.tokenizer.media_id;
+    let query_marker = prompt.iter().rposition(|&t| t == media).unwrap();
+    assert_eq!(p.prefix_tokens, query_marker);
+    // Done already: nothing more to do.
+    let p = ahead.prepare(&req, false, &never).unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
+
+    // Generate then encodes only the query and reuses the prefix, with the same tokens.
+    let before = ahead.cache_stats();
+    let a = ahead.caption(&req, &cancel, |_| {}).unwrap();
+    let b = plain.caption(&req, &cancel, |_| {}).unwrap();
+    assert_eq!(a.generated.tokens, b.generated.tokens);
+    let after = ahead.cache_stats();
+    assert_eq!(
+        after.vision_misses - before.vision_misses,
+        1,
+        "the query only"
+    );
+    assert_eq!(after.prefix_hits - before.prefix_hits, 1);
+    assert_eq!(after.prefix_misses, before.prefix_misses);
+
+    // With the query: a new query image is encoded ahead too.
+    let other = request(&two, "rocket.jpg");
+    let p = ahead.prepare(&other, true, &never).unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
+    let before = ahead.cache_stats();
+    let a = ahead.caption(&other, &cancel, |_| {}).unwrap();
+    let b = plain.caption(&other, &cancel, |_| {}).unwrap();
+    assert_eq!(a.generated.tokens, b.generated.tokens);
+    assert_eq!(ahead.cache_stats().vision_misses, before.vision_misses);
+
+    // Stopped after the first image: that image stays done, nothing after it.
+    let fresh =
+        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    let calls = std::cell::Cell::new(0);
+    let p = fresh
+        .prepare(&req, true, &|| {
+            calls.set(calls.get() + 1);
+            calls.get() > 1
+        })
+        .unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
+
+    // A caching-off captioner does nothing ahead.
+    let p = plain.prepare(&req, true, &never).unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
+}

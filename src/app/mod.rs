@@ -296,6 +296,11 @@ pub struct FlamingoApp {
     token_count: Option<(String, Result<usize, String>)>,
     data_dir: Option<PathBuf>,
     dirty_since: Option<Instant>,
+    /// The working set or model changed at this time and the engine has not been asked to
+    /// prepare for it yet.
+    prepare_since: Option<Instant>,
+    /// What the last preparation did (status bar).
+    pub prepared: Option<crate::pipeline::Prepared>,
     next_id: u64,
     dialog_tx: Sender<DialogResult>,
     dialog_rx: Receiver<DialogResult>,
@@ -359,6 +364,8 @@ impl FlamingoApp {
             token_count: None,
             data_dir,
             dirty_since: None,
+            prepare_since: None,
+            prepared: None,
             next_id: 1,
             dialog_tx,
             dialog_rx,
@@ -452,6 +459,8 @@ impl FlamingoApp {
 
     pub fn mark_dirty(&mut self) {
         self.dirty_since.get_or_insert_with(Instant::now);
+        // Restarted by every change: nothing is prepared while the user is still typing.
+        self.prepare_since = Some(Instant::now());
     }
 
     pub fn is_running(&self) -> bool {
@@ -617,11 +626,13 @@ impl FlamingoApp {
         if self.ws.task == Task::Vqa && self.ws.question.trim().is_empty() {
             return Err("Type a question for the query image.".into());
         }
-        let img = |i: &ImageItem| ImageInput::Bytes {
-            name: i.name.clone(),
-            bytes: i.bytes.clone(),
-        };
-        Ok(CaptionRequest {
+        Ok(self.request_with(image_input(query)))
+    }
+
+    /// The working set as a request with `query` as its query image.
+    fn request_with(&self, query: ImageInput) -> CaptionRequest {
+        let img = image_input;
+        CaptionRequest {
             task: self.ws.task,
             shots: self
                 .ws
@@ -633,7 +644,7 @@ impl FlamingoApp {
                     text: e.text.clone(),
                 })
                 .collect(),
-            query: img(query),
+            query,
             question: self.ws.question.clone(),
             templates: self.ws.templates().clone(),
             generation: crate::generate::GenerationConfig {
@@ -641,7 +652,39 @@ impl FlamingoApp {
                 ..self.settings.generation.clone()
             },
             keep_logits: false,
-        })
+        }
+    }
+
+    /// Once the working set has been still for a moment and the engine is idle, asks it to
+    /// prepare what Generate will need (with the query's image when there is one).
+    fn prepare_ahead(&mut self) {
+        let Some(since) = self.prepare_since else {
+            return;
+        };
+        if !self.settings.prepare_ahead || !matches!(self.model, ModelState::Ready(_)) {
+            // Asked again when the model has loaded (or the setting is turned on and
+            // something changes).
+            self.prepare_since = None;
+            return;
+        }
+        if since.elapsed() < PREPARE_AFTER || self.loading_images > 0 || self.is_running() {
+            self.ctx.request_repaint_after(PREPARE_AFTER);
+            return;
+        }
+        self.prepare_since = None;
+        let (query, with_query) = match &self.ws.query {
+            Some(q) => (image_input(q), true),
+            // Stands in for the query only for building the prompt: it is never encoded.
+            None => (
+                ImageInput::Bytes {
+                    name: "no query yet".into(),
+                    bytes: Arc::from(Vec::new()),
+                },
+                false,
+            ),
+        };
+        let request = self.request_with(query);
+        self.engine.prepare(request, with_query);
     }
 
     /// The request for a new job, or None (and a message) when none can start now.
@@ -775,6 +818,8 @@ impl FlamingoApp {
             Event::Loading { model_id } => self.model = ModelState::Loading(model_id),
             Event::Download(e) => self.download.get_or_insert_default().apply(e),
             Event::Loaded { info, tokenizer } => {
+                self.prepare_since = Some(Instant::now());
+                self.prepared = None;
                 self.download = None;
                 self.model = ModelState::Ready(info);
                 self.tokenizer = Some(tokenizer);
@@ -813,6 +858,7 @@ impl FlamingoApp {
                 self.output.state = RunState::Done;
                 self.frames.log("done", tokens);
             }
+            Event::Prepared(p) => self.prepared = Some(p),
             Event::Scored { job, ranked } if mine(job, &self.output) => {
                 self.ranked = ranked;
                 self.output.state = RunState::Done;
@@ -964,12 +1010,23 @@ pub fn paths_in_text(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How long the working set stays unchanged before its preparation starts.
+const PREPARE_AFTER: Duration = Duration::from_millis(600);
+
+fn image_input(i: &ImageItem) -> ImageInput {
+    ImageInput::Bytes {
+        name: i.name.clone(),
+        bytes: i.bytes.clone(),
+    }
+}
+
 impl eframe::App for FlamingoApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.pump();
         self.take_dropped_files(ctx);
         self.take_pasted_paths(ctx);
         self.autosave();
+        self.prepare_ahead();
         if self.dirty_since.is_some() || self.loading_images > 0 {
             ctx.request_repaint_after(Duration::from_millis(200));
         }

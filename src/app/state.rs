@@ -48,6 +48,9 @@ pub struct Settings {
     /// decoding and 2x faster image encoding than f32 on a laptop CPU for a logit cosine
     /// above 0.999 (README, "Weight formats and caches"); f32 stays one click away.
     pub weights: crate::model::linear::WeightFormat,
+    /// Encode the examples' images and run their prompt in the background while the user
+    /// edits, so that Generate starts from there.
+    pub prepare_ahead: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             recent_sets: Vec::new(),
             generation: Default::default(),
             weights: crate::model::linear::WeightFormat::Q8_0,
+            prepare_ahead: true,
         }
     }
 }

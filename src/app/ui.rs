@@ -244,6 +244,15 @@ fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
     if ui.button("Defaults (greedy)").clicked() {
         *g = Default::default();
     }
+    ui.separator();
+    ui.checkbox(
+        &mut app.settings.prepare_ahead,
+        "Work ahead: encode images and run the examples' prompt while you edit",
+    )
+    .on_hover_text(
+        "Generate then starts from there: a caption costs the query's prompt and the \
+         decoding. Uses the CPU while the app is idle.",
+    );
 }
 
 fn device_label() -> &'static str {
@@ -646,6 +655,19 @@ fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
                 ));
                 ui.separator();
             }
+        }
+        if let Some(p) = app
+            .prepared
+            .filter(|p| p.images_encoded + p.prefix_tokens > 0)
+        {
+            ui.label(format!(
+                "ready ahead: {} image{} encoded, {} prompt tokens run ({:.1} s)",
+                p.images_encoded,
+                if p.images_encoded == 1 { "" } else { "s" },
+                p.prefix_tokens,
+                p.seconds
+            ));
+            ui.separator();
         }
         if let Some(rss) = crate::cli::bench::rss_bytes() {
             ui.label(format!("memory {:.2} GB", rss as f64 / 1e9));

@@ -27,6 +27,12 @@ pub enum Request {
         job: JobId,
         request: Box<CaptionRequest>,
     },
+    /// Do ahead what this request will need (see [`Captioner::prepare`]); ends early when
+    /// another request arrives. The query's image is left out unless `with_query`.
+    Prepare {
+        request: Box<CaptionRequest>,
+        with_query: bool,
+    },
     /// Rank candidate texts by their log-likelihood after the request's prompt.
     Score {
         job: JobId,
@@ -82,6 +88,8 @@ pub enum Event {
         job: JobId,
         ranked: Vec<(String, f32)>,
     },
+    /// A `Prepare` request ran (also when it found everything done already).
+    Prepared(crate::pipeline::Prepared),
     Cancelled {
         job: JobId,
     },
@@ -102,6 +110,7 @@ impl std::fmt::Debug for Event {
             Event::Token { job, text, .. } => write!(f, "Token({job}, {text:?})"),
             Event::Finished { job, text, .. } => write!(f, "Finished({job}, {text:?})"),
             Event::Scored { job, ranked } => write!(f, "Scored({job}, {ranked:?})"),
+            Event::Prepared(p) => write!(f, "Prepared({p:?})"),
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
             Event::Failed { job, error } => write!(f, "Failed({job}, {error})"),
         }
@@ -202,6 +211,16 @@ impl Engine {
         job
     }
 
+    /// Encodes the request's images and runs its prompt up to the query's image in the
+    /// background, so that a later Generate with the same examples starts sooner. A request
+    /// sent after this one ends it early.
+    pub fn prepare(&self, request: CaptionRequest, with_query: bool) {
+        let _ = self.tx.send(Request::Prepare {
+            request: Box::new(request),
+            with_query,
+        });
+    }
+
     /// Stops the running generation at its next step, or the running download.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
@@ -293,6 +312,17 @@ fn run(
                         model_id,
                         error: e.to_string(),
                     }),
+                }
+            }
+            Request::Prepare {
+                request,
+                with_query,
+            } => {
+                let Some(c) = model.as_ref() else { continue };
+                // Left for the request that needs it to report, if it still fails then.
+                let stop = || !rx.is_empty();
+                if let Ok(p) = c.prepare(&request, with_query, &stop) {
+                    send(Event::Prepared(p));
                 }
             }
             Request::Score {

@@ -24,6 +24,7 @@ t = json.load(open(os.path.join(d, "torch.json")))
 rows = [(f, json.load(open(os.path.join(d, f + ".json")))) for f in fmts]
 cols = [("encode_s_per_image", "encode/img s"), ("prefill_s", "prefill s"),
         ("decode_s_per_token", "decode/tok s"), ("cold_caption_s", "cold caption s"),
+        ("prepared_caption_s", "caption after work-ahead s"),
         ("requery_ttft_s", "re-query TTFT s"), ("peak_rss_bytes", "peak RSS GB")]
 def cell(v, k):
     return f"{v / 1e9:.2f}" if k == "peak_rss_bytes" else f"{v:.3f}"
