@@ -345,6 +345,10 @@ impl Captioner {
         if !with_query {
             images.pop();
         }
+        if images.len() > VISION_CACHE_ENTRIES {
+            // They would push each other out of the cache before the request comes.
+            return Ok(done);
+        }
         let mut caches = self.lock_caches()?;
         let mut latents = Vec::with_capacity(images.len());
         let mut keys = Vec::with_capacity(images.len());

@@ -16,13 +16,20 @@ fn request(shots: &[(&str, &str)], query: &str) -> CaptionRequest {
     }
 }
 
+fn load() -> Captioner {
+    Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap()
+}
+
+/// The tiny model twice: with the caches (the default) and without.
+fn with_and_without_caches() -> (Captioner, Captioner) {
+    let mut plain = load();
+    plain.use_caches = false;
+    (load(), plain)
+}
+
 #[test]
 fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
-    let cached =
-        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    let mut plain =
-        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    plain.use_caches = false;
+    let (cached, plain) = with_and_without_caches();
     let cancel = AtomicBool::new(false);
     let two = [
         ("chelsea.png", "A cat lying on a rug."),
@@ -103,11 +110,7 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
 
 #[test]
 fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
-    let ahead =
-        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    let mut plain =
-        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    plain.use_caches = false;
+    let (ahead, plain) = with_and_without_caches();
     let cancel = AtomicBool::new(false);
     let never = || false;
     let two = [
@@ -132,17 +135,18 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     let p = ahead.prepare(&req, false, &never).unwrap();
     assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
 
-    // Generate then encodes only the query and reuses the prefix, with the same tokens.
-    let before = ahead.cache_stats();
-    let a = ahead.caption(&req, &cancel, |_| {}).unwrap();
-    let b = plain.caption(&req, &cancel, |_| {}).unwrap();
-    assert_eq!(a.generated.tokens, b.generated.tokens);
-    let after = ahead.cache_stats();
-    assert_eq!(
-        after.vision_misses - before.vision_misses,
-        1,
-        "the query only"
-    );
+    // Captions `req` with and without caches: the same tokens; the cache use before and after.
+    let caption_both = |req: &CaptionRequest| {
+        let before = ahead.cache_stats();
+        let a = ahead.caption(req, &cancel, |_| {}).unwrap();
+        let b = plain.caption(req, &cancel, |_| {}).unwrap();
+        assert_eq!(a.generated.tokens, b.generated.tokens);
+        (before, ahead.cache_stats())
+    };
+
+    // Generate then encodes only the query and reuses the prefix.
+    let (before, after) = caption_both(&req);
+    assert_eq!(after.vision_misses - before.vision_misses, 1, "the query");
     assert_eq!(after.prefix_hits - before.prefix_hits, 1);
     assert_eq!(after.prefix_misses, before.prefix_misses);
 
@@ -150,15 +154,11 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     let other = request(&two, "rocket.jpg");
     let p = ahead.prepare(&other, true, &never).unwrap();
     assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
-    let before = ahead.cache_stats();
-    let a = ahead.caption(&other, &cancel, |_| {}).unwrap();
-    let b = plain.caption(&other, &cancel, |_| {}).unwrap();
-    assert_eq!(a.generated.tokens, b.generated.tokens);
-    assert_eq!(ahead.cache_stats().vision_misses, before.vision_misses);
+    let (before, after) = caption_both(&other);
+    assert_eq!(after.vision_misses, before.vision_misses);
 
     // Stopped after the first image: that image stays done, nothing after it.
-    let fresh =
-        Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
+    let fresh = load();
     let calls = std::cell::Cell::new(0);
     let p = fresh
         .prepare(&req, true, &|| {

@@ -267,55 +267,18 @@ impl CustomOp1 for Attention {
                         }
                         // SAFETY: k and v are n rows of hd values at row stride w3 inside `src`
                         // (the shape checked above); `q_scaled` is n x hd, `scores` and `probs`
-                        // are n x n; this unit's output is n rows of hd values at row stride w inside `out`,
-                        // written by this thread only.
+                        // are n x n; this unit's output is n rows of hd values at row stride w
+                        // inside `out`, written by this thread only.
                         unsafe {
-                            gemm::gemm(
-                                n,
-                                n,
-                                hd,
-                                scores.as_mut_ptr(),
-                                1,
-                                n as isize,
-                                false,
-                                q_scaled.as_ptr(),
-                                1,
-                                hd as isize,
-                                k.as_ptr(),
-                                w3 as isize,
-                                1,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
+                            // scores = q k^T: k's rows are the columns of k^T.
+                            matmul(
+                                (n, n, hd),
+                                (scores.as_mut_ptr(), n),
+                                (q_scaled.as_ptr(), hd),
+                                (k.as_ptr(), 1, w3),
                             );
-                        }
-                        wide(&SoftmaxPass { row: n }, &mut probs, &scores);
-                        // SAFETY: as above.
-                        unsafe {
-                            gemm::gemm(
-                                n,
-                                hd,
-                                n,
-                                o,
-                                1,
-                                w as isize,
-                                false,
-                                probs.as_ptr(),
-                                1,
-                                n as isize,
-                                v.as_ptr(),
-                                1,
-                                w3 as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
+                            wide(&SoftmaxPass { row: n }, &mut probs, &scores);
+                            matmul((n, hd, n), (o, w), (probs.as_ptr(), n), (v.as_ptr(), w3, 1));
                         }
                     }
                     Ok(())
@@ -326,6 +289,41 @@ impl CustomOp1 for Attention {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((CpuStorage::F32(out), Shape::from((b, n, w))))
     }
+}
+
+/// `dst = lhs · rhs` for `(m, n, k)` on the calling thread: `dst` (m x n) and `lhs` (m x k)
+/// are rows at the given row strides, `rhs` (k x n) element (i, j) is at `i * rs + j * cs`.
+///
+/// # Safety
+/// Every element so addressed must lie inside its buffer, and no other thread may touch the
+/// part of `dst` written.
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// The fused passes over a contiguous f32 CPU tensor.
