@@ -301,12 +301,15 @@ impl Captioner {
 
     /// The state after the prompt prefix with the examples' images: cached when the same
     /// prefix tokens and images were run last, else run now and kept.
+    /// `stop` is asked before each layer of that run; when it says so, nothing is kept and
+    /// the result is [`Error::Cancelled`].
     fn prefix_state(
         &self,
         caches: &mut PromptCaches,
         prefix: &[u32],
         keys: &[u64],
         latents: &[Tensor],
+        stop: &dyn Fn() -> bool,
     ) -> Result<SessionState> {
         if let Some((ids, ks, st)) = &caches.prefix {
             if ids == prefix && ks[..] == keys[..] {
@@ -317,7 +320,7 @@ impl Captioner {
         caches.stats.prefix_misses += 1;
         let media = Tensor::cat(latents, 0)?.unsqueeze(0)?;
         let mut s = self.model.session(&media)?;
-        s.forward(&[prefix.to_vec()])?;
+        s.forward_or_stop(&[prefix.to_vec()], stop)?;
         let st = s.state();
         caches.prefix = Some((prefix.to_vec(), keys.to_vec(), st.clone()));
         Ok(st)
@@ -370,9 +373,18 @@ impl Captioner {
         let (prefix, _) = self.split_at_query(&prompt_ids);
         if n_shots >= 1 && !prefix.is_empty() && !stop() {
             let misses = caches.stats.prefix_misses;
-            self.prefix_state(&mut caches, prefix, &keys[..n_shots], &latents[..n_shots])?;
-            if caches.stats.prefix_misses > misses {
-                done.prefix_tokens = prefix.len();
+            let ran = self.prefix_state(
+                &mut caches,
+                prefix,
+                &keys[..n_shots],
+                &latents[..n_shots],
+                stop,
+            );
+            match ran {
+                Ok(_) if caches.stats.prefix_misses > misses => done.prefix_tokens = prefix.len(),
+                // Stopped: nothing kept; the request coming will run it.
+                Ok(_) | Err(Error::Cancelled) => {}
+                Err(e) => return Err(e),
             }
         }
         done.seconds = t0.elapsed().as_secs_f64();
@@ -410,14 +422,20 @@ impl Captioner {
         let (prefix, suffix) = self.split_at_query(prompt_ids);
         let n = latents.len();
         let t1 = Instant::now();
+        let stop = || cancel.load(Ordering::Relaxed);
         let (mut session, logits) = if prefix.is_empty() || n < 2 {
             let media = Tensor::cat(&latents, 0)?.unsqueeze(0)?;
             let mut s = self.model.session(&media)?;
-            let l = s.forward(&[prompt_ids.to_vec()])?;
+            let l = s.forward_or_stop(&[prompt_ids.to_vec()], &stop)?;
             (s, l)
         } else {
-            let state =
-                self.prefix_state(&mut caches, prefix, &keys[..n - 1], &latents[..n - 1])?;
+            let state = self.prefix_state(
+                &mut caches,
+                prefix,
+                &keys[..n - 1],
+                &latents[..n - 1],
+                &stop,
+            )?;
             let mut s = self.model.resume(state);
             s.add_images(&latents[n - 1].unsqueeze(0)?)?;
             let l = s.forward(&[suffix.to_vec()])?;

@@ -168,6 +168,30 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
         .unwrap();
     assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
 
+    // Stopped inside the examples' prompt (the model asks before each layer): the images
+    // stay done, no half-run prompt is kept, and the request runs it with the same tokens.
+    let fresh = load();
+    let calls = std::cell::Cell::new(0);
+    // Two image checks, the check before the prompt, then the first layers.
+    let p = fresh
+        .prepare(&req, false, &|| {
+            calls.set(calls.get() + 1);
+            calls.get() > 5
+        })
+        .unwrap();
+    assert_eq!((p.images_encoded, p.prefix_tokens), (2, 0));
+    assert!(calls.get() > 5, "the prompt was started and stopped");
+    let before = fresh.cache_stats();
+    let a = fresh.caption(&req, &cancel, |_| {}).unwrap();
+    let b = plain.caption(&req, &cancel, |_| {}).unwrap();
+    assert_eq!(a.generated.tokens, b.generated.tokens);
+    let after = fresh.cache_stats();
+    assert_eq!(
+        after.prefix_hits, before.prefix_hits,
+        "nothing half-run was kept"
+    );
+    assert_eq!(after.vision_hits - before.vision_hits, 2);
+
     // A caching-off captioner does nothing ahead.
     let p = plain.prepare(&req, true, &never).unwrap();
     assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));

@@ -222,6 +222,22 @@ impl Session<'_> {
         ids: &[Vec<u32>],
         pad: Option<&[Vec<bool>]>,
     ) -> Result<Tensor> {
+        self.run(ids, pad, &|| false)
+    }
+
+    /// [`Session::forward`] that asks `stop` before each layer and gives up with
+    /// [`Error::Cancelled`] when it says so: a long prompt can be left within one layer's time.
+    /// A session stopped that way is half-updated and must be dropped.
+    pub fn forward_or_stop(&mut self, ids: &[Vec<u32>], stop: &dyn Fn() -> bool) -> Result<Tensor> {
+        self.run(ids, None, stop)
+    }
+
+    fn run(
+        &mut self,
+        ids: &[Vec<u32>],
+        pad: Option<&[Vec<bool>]>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         let m = self.model;
         if ids.len() != self.st.batch {
             return Err(Error::Prompt(format!(
@@ -277,6 +293,9 @@ impl Session<'_> {
         )?;
         let mut x = m.lm.embed(&ids_t)?;
         for (i, cache) in self.st.caches.iter_mut().enumerate() {
+            if stop() {
+                return Err(Error::Cancelled);
+            }
             if let (Some(xa), Some(kv)) = (&m.xattn[i], &self.st.media_kv[i]) {
                 x = xa.forward(&x, kv, &mask)?;
             }
