@@ -27,6 +27,24 @@ fn with_and_without_caches() -> (Captioner, Captioner) {
     (load(), plain)
 }
 
+/// A fresh captioner prepared for `req` with a stop that says yes from its `checks + 1`-th
+/// question on (and a check that it was asked that often).
+fn prepare_stopped_after(
+    req: &CaptionRequest,
+    with_query: bool,
+    checks: usize,
+) -> (Captioner, flamingo::pipeline::Prepared) {
+    let c = load();
+    let calls = std::cell::Cell::new(0);
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > checks
+    };
+    let p = c.prepare(req, with_query, &stop).unwrap();
+    assert_eq!(calls.get(), checks + 1, "stopped at the first yes");
+    (c, p)
+}
+
 #[test]
 fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
     let (cached, plain) = with_and_without_caches();
@@ -158,29 +176,14 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     assert_eq!(after.vision_misses, before.vision_misses);
 
     // Stopped after the first image: that image stays done, nothing after it.
-    let fresh = load();
-    let calls = std::cell::Cell::new(0);
-    let p = fresh
-        .prepare(&req, true, &|| {
-            calls.set(calls.get() + 1);
-            calls.get() > 1
-        })
-        .unwrap();
+    let (_, p) = prepare_stopped_after(&req, true, 1);
     assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
 
     // Stopped inside the examples' prompt (the model asks before each layer): the images
     // stay done, no half-run prompt is kept, and the request runs it with the same tokens.
-    let fresh = load();
-    let calls = std::cell::Cell::new(0);
     // Two image checks, the check before the prompt, then the first layers.
-    let p = fresh
-        .prepare(&req, false, &|| {
-            calls.set(calls.get() + 1);
-            calls.get() > 5
-        })
-        .unwrap();
+    let (fresh, p) = prepare_stopped_after(&req, false, 5);
     assert_eq!((p.images_encoded, p.prefix_tokens), (2, 0));
-    assert!(calls.get() > 5, "the prompt was started and stopped");
     let before = fresh.cache_stats();
     let a = fresh.caption(&req, &cancel, |_| {}).unwrap();
     let b = plain.caption(&req, &cancel, |_| {}).unwrap();
