@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::generate::beam::{beam_search, BeamConfig};
-use crate::generate::score::{score_candidates, CandidateScore};
+use crate::generate::score::{score_after, score_candidates, CandidateScore};
 use crate::generate::{
     check_budget, decode_loop, generate, generate_batch, BatchItem, GenerateOptions, Generated,
     GenerationConfig,
@@ -391,25 +391,23 @@ impl Captioner {
         Ok(done)
     }
 
-    /// Greedy or sampled decoding through the caches: latents of known images are reused, and
-    /// so is the state after an unchanged prompt prefix; only the query image is encoded and
-    /// only the final prompt is run. Gives the same tokens as without caches.
-    fn generate_cached(
+    /// Runs the request's whole prompt through the caches: latents of known images are
+    /// reused, and so is the state after an unchanged prompt prefix; only new images are
+    /// encoded and only the rest of the prompt is run. Returns the session after the prompt
+    /// and the prompt's logits; encode and prefill times go into `out`.
+    fn prompt_cached(
         &self,
         req: &CaptionRequest,
         prompt_ids: &[u32],
-        opts: &GenerateOptions,
         cancel: &AtomicBool,
-        mut on_token: impl FnMut(u32),
-    ) -> Result<Generated> {
-        check_budget(&self.model, prompt_ids.len(), &opts.config)?;
+        out: &mut Generated,
+    ) -> Result<(crate::model::Session<'_>, Tensor)> {
         let images = request_images(req);
         let keys = images
             .iter()
             .map(|i| content_key(i))
             .collect::<Result<Vec<_>>>()?;
         let mut caches = self.lock_caches()?;
-        let mut out = Generated::default();
         let t0 = Instant::now();
         let mut latents = Vec::with_capacity(keys.len());
         for (k, image) in keys.iter().zip(&images) {
@@ -423,7 +421,7 @@ impl Captioner {
         let n = latents.len();
         let t1 = Instant::now();
         let stop = || cancel.load(Ordering::Relaxed);
-        let (mut session, logits) = if prefix.is_empty() || n < 2 {
+        let ran = if prefix.is_empty() || n < 2 {
             let media = Tensor::cat(&latents, 0)?.unsqueeze(0)?;
             let mut s = self.model.session(&media)?;
             let l = s.forward_or_stop(&[prompt_ids.to_vec()], &stop)?;
@@ -441,8 +439,24 @@ impl Captioner {
             let l = s.forward(&[suffix.to_vec()])?;
             (s, l)
         };
-        drop(caches);
         out.timings.prefill_s = t1.elapsed().as_secs_f64();
+        Ok(ran)
+    }
+
+    /// Greedy or sampled decoding through the caches: latents of known images are reused, and
+    /// so is the state after an unchanged prompt prefix; only the query image is encoded and
+    /// only the final prompt is run. Gives the same tokens as without caches.
+    fn generate_cached(
+        &self,
+        req: &CaptionRequest,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        cancel: &AtomicBool,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Generated> {
+        check_budget(&self.model, prompt_ids.len(), &opts.config)?;
+        let mut out = Generated::default();
+        let (mut session, logits) = self.prompt_cached(req, prompt_ids, cancel, &mut out)?;
         decode_loop(
             &mut session,
             &logits,
@@ -480,12 +494,27 @@ impl Captioner {
         cancel: &AtomicBool,
     ) -> Result<Vec<(String, CandidateScore)>> {
         let prompt_ids = self.checked_prompt(req)?.1;
-        let pixels = self.pixels(&request_images(req))?;
         let ids = candidates
             .iter()
             .map(|c| self.tokenizer.encode_plain(c))
             .collect::<Result<Vec<_>>>()?;
-        let scores = score_candidates(&self.model, Some(&pixels), &prompt_ids, &ids, cancel)?;
+        let scores = if self.use_caches {
+            // Through the caches, as a caption would: known images and an unchanged
+            // examples' prompt are not run again.
+            let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+            if prompt_ids.len() + longest > self.model.max_seq_len() {
+                return Err(Error::ContextTooLong {
+                    needed: prompt_ids.len() + longest,
+                    limit: self.model.max_seq_len(),
+                });
+            }
+            let (session, logits) =
+                self.prompt_cached(req, &prompt_ids, cancel, &mut Generated::default())?;
+            score_after(&session, &logits, &ids, cancel)?
+        } else {
+            let pixels = self.pixels(&request_images(req))?;
+            score_candidates(&self.model, Some(&pixels), &prompt_ids, &ids, cancel)?
+        };
         let mut ranked: Vec<(String, CandidateScore)> =
             candidates.iter().cloned().zip(scores).collect();
         ranked.sort_by(|a, b| b.1.logprob.total_cmp(&a.1.logprob));

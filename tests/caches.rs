@@ -199,3 +199,39 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     let p = plain.prepare(&req, true, &never).unwrap();
     assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
 }
+
+#[test]
+fn ranking_goes_through_the_caches_with_the_same_scores() {
+    let (cached, plain) = with_and_without_caches();
+    let cancel = AtomicBool::new(false);
+    let two = [
+        ("chelsea.png", "A cat lying on a rug."),
+        ("coffee.png", "A cup of coffee on a table."),
+    ];
+    let candidates: Vec<String> = ["An astronaut.", "A dog on a beach.", "A rocket."]
+        .map(String::from)
+        .to_vec();
+    for (i, query) in ["astronaut.png", "rocket.jpg"].into_iter().enumerate() {
+        let req = request(&two, query);
+        let a = cached.score(&req, &candidates, &cancel).unwrap();
+        let b = plain.score(&req, &candidates, &cancel).unwrap();
+        for ((ta, sa), (tb, sb)) in a.iter().zip(&b) {
+            assert_eq!(ta, tb, "query {i}: the same ranking");
+            assert!(
+                (sa.logprob - sb.logprob).abs() <= 1e-4 * sb.logprob.abs().max(1.0),
+                "query {i}: {ta}: {} vs {}",
+                sa.logprob,
+                sb.logprob
+            );
+        }
+    }
+    // The second ranking reused both example images and the examples' prompt.
+    let s = cached.cache_stats();
+    assert_eq!((s.vision_hits, s.vision_misses), (2, 4));
+    assert_eq!((s.prefix_hits, s.prefix_misses), (1, 1));
+    // A candidate past the context is still a clear error.
+    let long = vec!["word ".repeat(5000)];
+    let req = request(&two, "astronaut.png");
+    let err = cached.score(&req, &long, &cancel).unwrap_err().to_string();
+    assert!(err.contains("context"), "{err}");
+}

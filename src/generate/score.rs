@@ -49,6 +49,18 @@ pub fn score_candidates(
     let media = super::encode_media(model, pixels, cancel)?;
     let mut session = model.session(&media)?;
     let logits = session.forward(&[prompt_ids.to_vec()])?;
+    score_after(&session, &logits, candidates, cancel)
+}
+
+/// Scores each candidate after a session that has run the whole prompt, whose logits were
+/// `logits` [1, T, V] (only the last position is used). Each candidate continues from a copy
+/// of the session.
+pub fn score_after(
+    session: &crate::model::Session<'_>,
+    logits: &Tensor,
+    candidates: &[Vec<u32>],
+    cancel: &AtomicBool,
+) -> Result<Vec<CandidateScore>> {
     let t = logits.dim(1)?;
     let last = logits.narrow(1, t - 1, 1)?;
     candidates
