@@ -16,6 +16,12 @@ fn request(shots: &[(&str, &str)], query: &str) -> CaptionRequest {
     }
 }
 
+/// Two examples for the requests below.
+const TWO: [(&str, &str); 2] = [
+    ("chelsea.png", "A cat lying on a rug."),
+    ("coffee.png", "A cup of coffee on a table."),
+];
+
 fn load() -> Captioner {
     Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap()
 }
@@ -49,10 +55,7 @@ fn prepare_stopped_after(
 fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
     let (cached, plain) = with_and_without_caches();
     let cancel = AtomicBool::new(false);
-    let two = [
-        ("chelsea.png", "A cat lying on a rug."),
-        ("coffee.png", "A cup of coffee on a table."),
-    ];
+    let two = TWO;
     let steps: Vec<(CaptionRequest, CacheStats)> = vec![
         // First request: everything computed.
         (
@@ -131,10 +134,7 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     let (ahead, plain) = with_and_without_caches();
     let cancel = AtomicBool::new(false);
     let never = || false;
-    let two = [
-        ("chelsea.png", "A cat lying on a rug."),
-        ("coffee.png", "A cup of coffee on a table."),
-    ];
+    let two = TWO;
     let req = request(&two, "astronaut.png");
 
     // A newer request waiting from the start: nothing is done.
@@ -204,10 +204,7 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
 fn ranking_goes_through_the_caches_with_the_same_scores() {
     let (cached, plain) = with_and_without_caches();
     let cancel = AtomicBool::new(false);
-    let two = [
-        ("chelsea.png", "A cat lying on a rug."),
-        ("coffee.png", "A cup of coffee on a table."),
-    ];
+    let two = TWO;
     let candidates: Vec<String> = ["An astronaut.", "A dog on a beach.", "A rocket."]
         .map(String::from)
         .to_vec();
