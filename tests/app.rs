@@ -134,6 +134,37 @@ fn examples_are_prepared_ahead_and_the_caption_is_the_same_without() {
 }
 
 #[test]
+fn compute_threads_and_work_ahead_are_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    assert_eq!(h.state().settings.threads, None, "automatic by default");
+    assert!(h.state().settings.prepare_ahead);
+    // Each click in the menu may close it: opened again for the next one.
+    let click_in_menu = |h: &mut Harness<'_, FlamingoApp>, label: &str| {
+        if h.query_by_label(label).is_none() {
+            h.get_by_label("Decoding").click();
+            h.run();
+        }
+        h.get_by_label(label).click();
+        h.run();
+    };
+    click_in_menu(&mut h, "auto");
+    assert_eq!(
+        h.state().settings.threads,
+        Some(flamingo::engine::default_threads()),
+        "a number, starting from the automatic one"
+    );
+    click_in_menu(
+        &mut h,
+        "Work ahead: encode images and run the examples' prompt while you edit",
+    );
+    assert!(!h.state().settings.prepare_ahead);
+    click_in_menu(&mut h, "auto");
+    assert_eq!(h.state().settings.threads, None);
+}
+
+#[test]
 fn drops_typing_generate_stop_and_a_corrupt_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());

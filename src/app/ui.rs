@@ -253,6 +253,38 @@ fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
         "Generate then starts from there: a caption costs the query's prompt and the \
          decoding. Uses the CPU while the app is idle.",
     );
+    threads_setting(&mut app.settings.threads, ui);
+}
+
+/// Compute threads: automatic (every core but one for the window on small machines) or a
+/// number; the model's thread pool is made once, so a change applies at the next start.
+fn threads_setting(threads: &mut Option<usize>, ui: &mut Ui) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    ui.horizontal(|ui| {
+        let label = ui.label("Compute threads");
+        let mut auto = threads.is_none();
+        if ui
+            .checkbox(&mut auto, "auto")
+            .on_hover_text(format!(
+                "{} of this machine's {cores} cores: one is left to the window on small machines",
+                crate::engine::default_threads()
+            ))
+            .changed()
+        {
+            *threads = if auto {
+                None
+            } else {
+                Some(crate::engine::default_threads())
+            };
+        }
+        if let Some(n) = threads.as_mut() {
+            ui.add(egui::DragValue::new(n).range(1..=cores))
+                .labelled_by(label.id);
+        }
+    });
+    ui.label(RichText::new("Threads apply at the next start.").small());
 }
 
 fn device_label() -> &'static str {

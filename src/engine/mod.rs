@@ -254,7 +254,14 @@ fn run(
     cancel: Arc<AtomicBool>,
     waker: Waker,
 ) {
-    let threads = config.threads.unwrap_or_else(default_threads);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // A number saved on a bigger machine never oversubscribes this one.
+    let threads = config
+        .threads
+        .unwrap_or_else(default_threads)
+        .clamp(1, cores);
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
