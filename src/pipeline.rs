@@ -329,10 +329,11 @@ impl Captioner {
     /// Work a request will need, done ahead while the user is still editing it: the
     /// examples' images (and the query's, with `with_query`) are encoded into the cache and
     /// the prompt up to the query's image is run, so that pressing Generate costs the query
-    /// image (if not done here), its final prompt and the decoding. Before each image and
-    /// before the prompt, `stop()` may end it early (a newer request waits); what is done
-    /// by then stays. Nothing is done without caches; a prompt too long for the model is
-    /// left for the request itself to report.
+    /// image (if not done here), its final prompt and the decoding. Before each image, before
+    /// the prompt and before each layer of it, `stop()` may end it early (a newer request
+    /// waits): the images done by then stay, a prompt stopped half-way is not kept. Nothing
+    /// is done without caches; a prompt too long for the model is left for the request
+    /// itself to report.
     pub fn prepare(
         &self,
         req: &CaptionRequest,
@@ -355,9 +356,13 @@ impl Captioner {
         let mut caches = self.lock_caches()?;
         let mut latents = Vec::with_capacity(images.len());
         let mut keys = Vec::with_capacity(images.len());
+        let finish = |mut done: Prepared| {
+            done.seconds = t0.elapsed().as_secs_f64();
+            Ok(done)
+        };
         for image in images {
             if stop() {
-                return Ok(done);
+                return finish(done);
             }
             let key = content_key(image)?;
             let misses = caches.stats.vision_misses;
@@ -368,7 +373,7 @@ impl Captioner {
         let n_shots = req.shots.len();
         let prompt_ids = match self.checked_prompt(req) {
             Ok((_, ids)) if ids.len() < self.model.max_seq_len() => ids,
-            _ => return Ok(done),
+            _ => return finish(done),
         };
         let (prefix, _) = self.split_at_query(&prompt_ids);
         if n_shots >= 1 && !prefix.is_empty() && !stop() {
@@ -387,8 +392,7 @@ impl Captioner {
                 Err(e) => return Err(e),
             }
         }
-        done.seconds = t0.elapsed().as_secs_f64();
-        Ok(done)
+        finish(done)
     }
 
     /// Runs the request's whole prompt through the caches: latents of known images are
