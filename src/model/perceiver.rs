@@ -44,7 +44,7 @@ impl FeedForward {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.norm.forward(x)?;
-        let h = self.up.forward(&h)?.gelu_erf()?;
+        let h = crate::model::ops::gelu_erf(&self.up.forward(&h)?)?;
         self.down.forward(&h)
     }
 }

@@ -53,7 +53,7 @@ impl ResBlock {
         let h = if self.quick_gelu {
             crate::model::ops::quick_gelu(&h)?
         } else {
-            h.gelu_erf()?
+            crate::model::ops::gelu_erf(&h)?
         };
         let h = self.c_proj.forward(&h)?;
         Ok((x + h)?)

@@ -186,7 +186,7 @@ impl MosaicGpt {
         let att = crate::model::ops::softmax_last_dim(&att)?;
         let o = merge_heads(&att.matmul(&v)?)?;
         let x = (x + blk.out_proj.forward(&o)?)?;
-        let m = blk.mlp_up.forward(&blk.ln_2.forward(&x)?)?.gelu_erf()?;
+        let m = crate::model::ops::gelu_erf(&blk.mlp_up.forward(&blk.ln_2.forward(&x)?)?)?;
         Ok((&x + blk.mlp_down.forward(&m)?)?)
     }
 
