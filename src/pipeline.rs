@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::generate::beam::{beam_search, BeamConfig};
-use crate::generate::score::{score_after, score_candidates, CandidateScore};
+use crate::generate::score::{check_fits, score_after, score_candidates, CandidateScore};
 use crate::generate::{
     check_budget, decode_loop, generate, generate_batch, BatchItem, GenerateOptions, Generated,
     GenerationConfig,
@@ -505,13 +505,7 @@ impl Captioner {
         let scores = if self.use_caches {
             // Through the caches, as a caption would: known images and an unchanged
             // examples' prompt are not run again.
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-            if prompt_ids.len() + longest > self.model.max_seq_len() {
-                return Err(Error::ContextTooLong {
-                    needed: prompt_ids.len() + longest,
-                    limit: self.model.max_seq_len(),
-                });
-            }
+            check_fits(&self.model, prompt_ids.len(), &ids)?;
             let (session, logits) =
                 self.prompt_cached(req, &prompt_ids, cancel, &mut Generated::default())?;
             score_after(&session, &logits, &ids, cancel)?

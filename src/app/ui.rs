@@ -256,19 +256,17 @@ fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
     threads_setting(&mut app.settings.threads, ui);
 }
 
-/// Compute threads: automatic (every core but one for the window on small machines) or a
+/// Compute threads: automatic (every core but one, left to the window) or a
 /// number; the model's thread pool is made once, so a change applies at the next start.
 fn threads_setting(threads: &mut Option<usize>, ui: &mut Ui) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = crate::engine::cores();
     ui.horizontal(|ui| {
         let label = ui.label("Compute threads");
         let mut auto = threads.is_none();
         if ui
             .checkbox(&mut auto, "auto")
             .on_hover_text(format!(
-                "{} of this machine's {cores} cores: one is left to the window on small machines",
+                "{} of this machine's {cores} cores: one is left to the window",
                 crate::engine::default_threads()
             ))
             .changed()

@@ -124,7 +124,7 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
     pub hub_cache: Option<std::path::PathBuf>,
-    /// Compute threads for candle; None = all cores but one on machines with few cores.
+    /// Compute threads for candle; None = all cores but one ([`default_threads`]).
     pub threads: Option<usize>,
     /// Hub address to download from; None = `HF_ENDPOINT` or huggingface.co.
     pub endpoint: Option<String>,
@@ -132,16 +132,16 @@ pub struct EngineConfig {
     pub offline: bool,
 }
 
-/// Threads to compute with: leave one core to the UI on small machines, never oversubscribe.
-pub fn default_threads() -> usize {
-    let n = std::thread::available_parallelism()
+/// This machine's cores (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
-    if n <= 4 {
-        n.saturating_sub(1).max(1)
-    } else {
-        n - 1
-    }
+        .unwrap_or(1)
+}
+
+/// Threads to compute with: every core but one, left to the UI (one on a single core).
+pub fn default_threads() -> usize {
+    cores().saturating_sub(1).max(1)
 }
 
 /// Handle held by the UI.
@@ -254,14 +254,11 @@ fn run(
     cancel: Arc<AtomicBool>,
     waker: Waker,
 ) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     // A number saved on a bigger machine never oversubscribes this one.
     let threads = config
         .threads
         .unwrap_or_else(default_threads)
-        .clamp(1, cores);
+        .clamp(1, cores());
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }

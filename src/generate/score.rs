@@ -39,17 +39,23 @@ pub fn score_candidates(
     if prompt_ids.is_empty() {
         return Err(Error::Prompt("the prompt is empty".into()));
     }
-    let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
-    if prompt_ids.len() + longest > model.max_seq_len() {
-        return Err(Error::ContextTooLong {
-            needed: prompt_ids.len() + longest,
-            limit: model.max_seq_len(),
-        });
-    }
+    check_fits(model, prompt_ids.len(), candidates)?;
     let media = super::encode_media(model, pixels, cancel)?;
     let mut session = model.session(&media)?;
     let logits = session.forward(&[prompt_ids.to_vec()])?;
     score_after(&session, &logits, candidates, cancel)
+}
+
+/// The prompt followed by the longest candidate must fit the model's context.
+pub fn check_fits(model: &Flamingo, prompt_len: usize, candidates: &[Vec<u32>]) -> Result<()> {
+    let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
+    if prompt_len + longest > model.max_seq_len() {
+        return Err(Error::ContextTooLong {
+            needed: prompt_len + longest,
+            limit: model.max_seq_len(),
+        });
+    }
+    Ok(())
 }
 
 /// Scores each candidate after a session that has run the whole prompt, whose logits were
