@@ -5,8 +5,11 @@ use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use std::sync::Arc;
+
 use crate::error::Result;
 use crate::model::mapped::FilePages;
+use crate::model::q8cpu::{self, PackedQ8};
 use crate::model::weights::{LinearWeight, Vb};
 
 /// How the weights of the linear layers are held.
@@ -45,6 +48,8 @@ enum Weight {
     /// A quantized CPU weight cut in two (see [`split_rows`]): the rows that fill whole tiles
     /// of candle's repacked kernels, and the few left over.
     Split(QMatMul, QMatMul),
+    /// A q8_0 CPU weight in the layout of our own kernels ([`q8cpu`]), made by [`Linear::prepare`].
+    Packed(Arc<PackedQ8>),
 }
 
 /// Rows per tile of candle's repacked x86 kernels.
@@ -54,7 +59,8 @@ const TILE_ROWS: usize = 16;
 /// whole 256-value blocks); a weight with a few rows more, like the 50280-row output
 /// projection, goes through its generic kernels instead: 7.2 ms a token instead of 4.3, and
 /// 242 ms instead of 23 for a 37-token prompt. Such a CPU weight is cut into the rows that fill
-/// tiles and the rest, the first read in place from the file pages where it was.
+/// tiles and the rest, the first read in place from the file pages where it was. (A q8_0
+/// weight that our own kernels will take is left whole: they pad the last tile.)
 fn split_rows(
     q: &QTensor,
     pages: Option<&FilePages>,
@@ -63,6 +69,7 @@ fn split_rows(
     let main = rows - rows % TILE_ROWS;
     let dtype = q.dtype();
     if !q.device().is_cpu()
+        || (dtype == GgmlDType::Q8_0 && q8cpu::available())
         || main == rows
         || main == 0
         || !matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K)
@@ -242,11 +249,22 @@ impl Linear {
         Ok(())
     }
 
-    /// Runs a one-row product through a quantized CPU weight, so that candle makes its
-    /// repacked copy of it now (see [`crate::model::Flamingo::prepare_weights`]); a weight
-    /// read in place from the model cache then gives its file pages back, as candle reads the
-    /// repacked copy from now on (and should it read the blocks again, the file has them).
-    pub fn prepare(&self) -> Result<()> {
+    /// Makes the copy of a quantized CPU weight that its kernels read, now (see
+    /// [`crate::model::Flamingo::prepare_weights`]): a q8_0 weight is repacked for our own
+    /// kernels where the CPU has them ([`q8cpu`]), any other is run once through candle so
+    /// that candle makes its repacked copy. A weight read in place from the model cache then
+    /// gives its file pages back, as the copy is read from now on (and should the blocks be
+    /// read again, the file has them).
+    pub fn prepare(&mut self) -> Result<()> {
+        if let Weight::Matmul(QMatMul::QTensor(q)) = &self.weight {
+            if let Some(packed) = PackedQ8::pack(q)? {
+                self.weight = Weight::Packed(Arc::new(packed));
+                if let Some(p) = &self.pages {
+                    p.release();
+                }
+                return Ok(());
+            }
+        }
         let m = match &self.weight {
             Weight::Matmul(m @ QMatMul::QTensor(q)) if q.device().is_cpu() => m,
             Weight::Split(m, _) => m,
@@ -269,6 +287,7 @@ impl Linear {
             Weight::Dense(w) => tensor_bytes(w),
             Weight::Matmul(m) => matmul(m),
             Weight::Split(a, b) => matmul(a) + matmul(b),
+            Weight::Packed(p) => p.bytes(),
         }
     }
 
@@ -285,6 +304,13 @@ impl Linear {
             Weight::Split(head, tail) => {
                 let x = x.contiguous()?;
                 Tensor::cat(&[head.forward(&x)?, tail.forward(&x)?], D::Minus1)?
+            }
+            Weight::Packed(p) => {
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(p.as_ref())?;
+                y.to_dtype(x.dtype())?
             }
         };
         Ok(match &self.bias {
@@ -360,11 +386,18 @@ mod tests {
     fn a_weight_cut_at_a_tile_gives_the_products_of_its_two_parts() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1f32, (2, 5, 512), &dev).unwrap();
-        for d in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+        // q8_0 is cut only where our own kernels do not take it.
+        let cut: &[GgmlDType] = if q8cpu::available() {
+            &[GgmlDType::Q4K]
+        } else {
+            &[GgmlDType::Q8_0, GgmlDType::Q4K]
+        };
+        for &d in cut {
             // 40 rows: 32 that fill two tiles, 8 left over.
             let w = Tensor::randn(0f32, 1f32, (40, 512), &dev).unwrap();
             let q = std::sync::Arc::new(QTensor::quantize(&w, d).unwrap());
-            let l = Linear::from_weight(LinearWeight::Quantized(q.clone(), None), None).unwrap();
+            let mut l =
+                Linear::from_weight(LinearWeight::Quantized(q.clone(), None), None).unwrap();
             assert!(matches!(l.weight, Weight::Split(..)), "{d:?}");
             assert_eq!(l.weight_bytes(), q.storage_size_in_bytes());
             l.prepare().unwrap();
@@ -390,8 +423,35 @@ mod tests {
         }
         // A whole number of tiles is left as it is.
         let w = Tensor::randn(0f32, 1f32, (32, 512), &dev).unwrap();
-        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
         let l = Linear::from_weight(LinearWeight::Quantized(q, None), None).unwrap();
         assert!(matches!(l.weight, Weight::Matmul(_)));
+    }
+
+    #[test]
+    fn a_prepared_q8_0_weight_runs_on_our_kernels_close_to_candles() {
+        if !q8cpu::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1f32, (2, 5, 512), &dev).unwrap();
+        // 40 rows: the last tile is part padding.
+        let w = Tensor::randn(0f32, 1f32, (40, 512), &dev).unwrap();
+        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        let want = QMatMul::from_arc(q.clone()).unwrap().forward(&x).unwrap();
+        let b = Tensor::randn(0f32, 1f32, 40, &dev).unwrap();
+        let mut l = Linear::from_weight(LinearWeight::Quantized(q, None), Some(b.clone())).unwrap();
+        assert!(matches!(l.weight, Weight::Matmul(_)));
+        let before = l.forward(&x).unwrap();
+        l.prepare().unwrap();
+        assert!(matches!(l.weight, Weight::Packed(_)));
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 5, 40]);
+        // Both quantize the activations (candle per 256 values, ours per 32): close, not equal.
+        let want = want.broadcast_add(&b).unwrap();
+        let scale = crate::model::ops::max_abs_diff(&want, &want.zeros_like().unwrap());
+        assert!(crate::model::ops::max_abs_diff(&y, &want) < 0.02 * scale);
+        assert!(crate::model::ops::max_abs_diff(&before, &want) == 0.0);
     }
 }

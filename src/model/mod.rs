@@ -8,6 +8,7 @@ pub mod lm;
 pub mod loader;
 pub mod mapped;
 pub mod ops;
+pub mod q8cpu;
 pub mod perceiver;
 pub mod preprocess;
 pub mod vision;
@@ -82,15 +83,17 @@ impl Flamingo {
         all
     }
 
-    /// Does candle's one-time preparation of quantized CPU weights (a repacked copy for its
-    /// VNNI/AMX kernels, made on a layer's first product) for every layer now, spread over
-    /// candle's thread count, instead of one layer after another inside the first request.
+    /// Makes the repacked copies of quantized CPU weights that the kernels read (ours for q8_0
+    /// where the CPU has them, else candle's, made on a layer's first product) for every layer
+    /// now, spread over candle's thread count, instead of one layer after another inside the
+    /// first request.
     pub fn prepare_weights(&mut self) -> Result<()> {
         let mut all = self.linears_mut();
         // Largest first, each to the thread with the least so far.
         all.sort_by_key(|l| std::cmp::Reverse(l.weight_bytes()));
         let threads = candle_core::utils::get_num_threads().clamp(1, all.len().max(1));
-        let mut bands: Vec<(usize, Vec<&linear::Linear>)> = vec![(0, Vec::new()); threads];
+        let mut bands: Vec<(usize, Vec<&mut linear::Linear>)> =
+            (0..threads).map(|_| (0, Vec::new())).collect();
         for l in all {
             if let Some(b) = bands.iter_mut().min_by_key(|b| b.0) {
                 b.0 += l.weight_bytes();
@@ -99,7 +102,7 @@ impl Flamingo {
         }
         let tasks: Vec<_> = bands
             .into_iter()
-            .map(|(_, band)| move || band.iter().try_for_each(|l| l.prepare()))
+            .map(|(_, band)| move || band.into_iter().try_for_each(|l| l.prepare()))
             .collect();
         ops::in_parallel("preparing the weights", tasks)?;
         Ok(())
