@@ -180,17 +180,17 @@ fn run_pass<P: Pass>(pass: &P, src: &[f32], out: &mut [f32], chunk: usize) -> Re
         wide(pass, out, src);
         return Ok(());
     }
-    let tasks: Vec<_> = out
-        .chunks_mut(per_thread)
-        .zip(src.chunks(per_thread))
-        .map(|(o, i)| {
-            move || {
-                wide(pass, o, i);
-                Ok(())
-            }
-        })
-        .collect();
-    in_parallel("running a fused pass", tasks)?;
+    let pieces = src.len().div_ceil(per_thread);
+    let dst = Shared(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(pieces, |range| {
+        for piece in range {
+            let start = piece * per_thread;
+            let len = per_thread.min(src.len() - start);
+            // SAFETY: piece `piece` of `out`, written by this unit only.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(start), len) };
+            wide(pass, o, &src[start..start + len]);
+        }
+    });
     Ok(())
 }
 
@@ -288,47 +288,46 @@ impl CustomOp1 for Attention {
         let scale = (hd as f64).powf(-0.5) as f32;
         let mut out = vec![0f32; b * n * w];
         let dst = Shared(out.as_mut_ptr());
-        let units = b * heads;
-        let threads = candle_core::utils::get_num_threads().clamp(1, units.max(1));
-        let per = units.div_ceil(threads);
-        let tasks: Vec<_> = (0..units)
-            .step_by(per.max(1))
-            .map(|first| {
-                move || {
-                    let (mut scores, mut probs) = (vec![0f32; n * n], vec![0f32; n * n]);
-                    let mut q_scaled = vec![0f32; n * hd];
-                    for unit in first..(first + per).min(units) {
-                        let (bi, h) = (unit / heads, unit % heads);
-                        let base = bi * n * w3 + h * hd;
-                        let (q, k, v) = (&src[base..], &src[base + w..], &src[base + 2 * w..]);
-                        let o = dst.at(bi * n * w + h * hd);
-                        for (qs, row) in q_scaled.chunks_exact_mut(hd).zip(q.chunks(w3)) {
-                            for (a, &b) in qs.iter_mut().zip(row) {
-                                *a = b * scale;
-                            }
-                        }
-                        // SAFETY: k and v are n rows of hd values at row stride w3 inside `src`
-                        // (the shape checked above); `q_scaled` is n x hd, `scores` and `probs`
-                        // are n x n; this unit's output is n rows of hd values at row stride w
-                        // inside `out`, written by this thread only.
-                        unsafe {
-                            // scores = q k^T: k's rows are the columns of k^T.
-                            matmul(
-                                (n, n, hd),
-                                (scores.as_mut_ptr(), n),
-                                (q_scaled.as_ptr(), hd),
-                                (k.as_ptr(), 1, w3),
-                            );
-                            wide(&SoftmaxPass { row: n }, &mut probs, &scores);
-                            matmul((n, hd, n), (o, w), (probs.as_ptr(), n), (v.as_ptr(), w3, 1));
-                        }
+        // Scratch reused by each thread from one call to the next (fresh buffers of this size
+        // would be new pages to clear on every call).
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let one_head = |unit: usize| {
+            SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                scratch.resize(2 * n * n + n * hd, 0.0);
+                let (scores, rest) = scratch.split_at_mut(n * n);
+                let (probs, q_scaled) = rest.split_at_mut(n * n);
+                let (bi, h) = (unit / heads, unit % heads);
+                let base = bi * n * w3 + h * hd;
+                let (q, k, v) = (&src[base..], &src[base + w..], &src[base + 2 * w..]);
+                let o = dst.at(bi * n * w + h * hd);
+                for (qs, row) in q_scaled.chunks_exact_mut(hd).zip(q.chunks(w3)) {
+                    for (a, &b) in qs.iter_mut().zip(row) {
+                        *a = b * scale;
                     }
-                    Ok(())
+                }
+                // SAFETY: k and v are n rows of hd values at row stride w3 inside `src` (the
+                // shape checked above); `q_scaled` is n x hd, `scores` and `probs` are n x n;
+                // this head's output is n rows of hd values at row stride w inside `out`,
+                // written by this unit only.
+                unsafe {
+                    // scores = q k^T: k's rows are the columns of k^T.
+                    matmul(
+                        (n, n, hd),
+                        (scores.as_mut_ptr(), n),
+                        (q_scaled.as_ptr(), hd),
+                        (k.as_ptr(), 1, w3),
+                    );
+                    wide(&SoftmaxPass { row: n }, probs, scores);
+                    matmul((n, hd, n), (o, w), (probs.as_ptr(), n), (v.as_ptr(), w3, 1));
                 }
             })
-            .collect();
-        in_parallel("computing attention", tasks)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        };
+        // The heads over candle's thread pool, whose workers are already waiting.
+        candle_core::utils::barrier_pool()
+            .execute_chunked(b * heads, |units| units.for_each(one_head));
         Ok((CpuStorage::F32(out), Shape::from((b, n, w))))
     }
 }
