@@ -10,7 +10,7 @@ pub mod mapped;
 pub mod ops;
 pub mod perceiver;
 pub mod preprocess;
-pub mod q8cpu;
+pub mod qcpu;
 pub mod vision;
 pub mod weights;
 pub mod xattn;
