@@ -182,9 +182,10 @@ impl Packed {
                     Kind::Q8_0 => {
                         scales[at * TILE + r] = u16::from_le_bytes([src[0], src[1]]);
                         for (line, four) in block.iter_mut().zip(src[2..].chunks_exact(4)) {
-                            for (dst, &v) in line.0[r * 4..r * 4 + 4].iter_mut().zip(four) {
-                                *dst = (v as i8 as i16 + 128) as u8;
-                            }
+                            // Plus 128 on each signed byte: its top bit flipped.
+                            let v = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
+                            line.0[r * 4..r * 4 + 4]
+                                .copy_from_slice(&(v ^ 0x8080_8080).to_le_bytes());
                         }
                     }
                     Kind::Q4K => {
