@@ -254,6 +254,19 @@ pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor>
     att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, w))
 }
 
+/// The values of a contiguous f32 CPU tensor, for the CPU custom ops; an error naming `op`
+/// for any other.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op} takes a contiguous f32 tensor"),
+    }
+}
+
 struct Attention {
     heads: usize,
 }
@@ -277,11 +290,8 @@ impl CustomOp1 for Attention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
-        };
+        let src = contiguous_f32(s, l, self.name())?;
         let (b, n, w3) = l.shape().dims3()?;
-        let src = &data[start..end];
         let (w, heads) = (w3 / 3, self.heads);
         let hd = w / heads;
         // Queries are scaled before the product, as in candle's composed form (same rounding).
@@ -385,10 +395,7 @@ impl CustomOp1 for Fused {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
-        };
-        let src = &data[start..end];
+        let src = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; src.len()];
         let ran = match self {
             Self::QuickGelu => run_pass(&QuickGeluPass, src, &mut out, 1),

@@ -322,13 +322,11 @@ impl Addr {
 /// The product as a candle op: [.., cols] f32 in, [.., rows] f32 out.
 impl CustomOp1 for Packed {
     fn name(&self) -> &'static str {
-        "q8_0 matmul"
+        "quantized matmul"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
-        };
+        let x = crate::model::ops::contiguous_f32(s, l, self.name())?;
         let dims = l.shape().dims();
         let Some((&k, lead)) = dims.split_last() else {
             candle_core::bail!("{} takes a tensor of at least one dimension", self.name())
@@ -338,7 +336,7 @@ impl CustomOp1 for Packed {
         }
         let m: usize = lead.iter().product();
         let mut out = vec![0f32; m * self.rows];
-        self.matmul(&data[start..end], m, &mut out)
+        self.matmul(x, m, &mut out)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
