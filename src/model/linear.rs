@@ -60,8 +60,8 @@ const TILE_ROWS: usize = 16;
 /// whole 256-value blocks); a weight with a few rows more, like the 50280-row output
 /// projection, goes through its generic kernels instead: 7.2 ms a token instead of 4.3, and
 /// 242 ms instead of 23 for a 37-token prompt. Such a CPU weight is cut into the rows that fill
-/// tiles and the rest, the first read in place from the file pages where it was. (Where our
-/// own kernels take these weights, they are left whole: those pad the last tile.)
+/// tiles and the rest, the first read in place from the file pages where it was (only where
+/// candle's kernels are used: ours pad the last tile).
 fn split_rows(
     q: &QTensor,
     pages: Option<&FilePages>,
@@ -70,7 +70,6 @@ fn split_rows(
     let main = rows - rows % TILE_ROWS;
     let dtype = q.dtype();
     if !q.device().is_cpu()
-        || qcpu::available()
         || main == rows
         || main == 0
         || !matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K)
@@ -182,7 +181,13 @@ impl Linear {
             }
             LinearWeight::Quantized(q, pages) => {
                 let d = q.shape().dims2()?;
-                match split_rows(&q, pages.as_ref())? {
+                // Our own kernels take whole weights (they pad the last tile).
+                let split = if qcpu::available() {
+                    None
+                } else {
+                    split_rows(&q, pages.as_ref())?
+                };
+                match split {
                     Some((head, tail, pages)) => (
                         Weight::Split(QMatMul::from_qtensor(head)?, QMatMul::from_qtensor(tail)?),
                         pages,
@@ -387,19 +392,24 @@ mod tests {
     fn a_weight_cut_at_a_tile_gives_the_products_of_its_two_parts() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1f32, (2, 5, 512), &dev).unwrap();
-        // Cut only where our own kernels do not take these weights.
-        let cut: &[GgmlDType] = if qcpu::available() {
-            &[]
-        } else {
-            &[GgmlDType::Q8_0, GgmlDType::Q4K]
-        };
-        for &d in cut {
+        // (The cut is made only where candle's kernels run these weights; it is built here
+        // directly, so that it is checked on every CPU.)
+        for d in [GgmlDType::Q8_0, GgmlDType::Q4K] {
             // 40 rows: 32 that fill two tiles, 8 left over.
             let w = Tensor::randn(0f32, 1f32, (40, 512), &dev).unwrap();
             let q = std::sync::Arc::new(QTensor::quantize(&w, d).unwrap());
-            let mut l =
-                Linear::from_weight(LinearWeight::Quantized(q.clone(), None), None).unwrap();
-            assert!(matches!(l.weight, Weight::Split(..)), "{d:?}");
+            let (head, tail, pages) = split_rows(&q, None).unwrap().unwrap();
+            assert!(pages.is_none());
+            let mut l = Linear {
+                weight: Weight::Split(
+                    QMatMul::from_qtensor(head).unwrap(),
+                    QMatMul::from_qtensor(tail).unwrap(),
+                ),
+                pages: None,
+                bias: None,
+                in_dim: 512,
+                out_dim: 40,
+            };
             assert_eq!(l.weight_bytes(), q.storage_size_in_bytes());
             l.prepare().unwrap();
             let y = l.forward(&x).unwrap();
@@ -424,9 +434,8 @@ mod tests {
         }
         // A whole number of tiles is left as it is.
         let w = Tensor::randn(0f32, 1f32, (32, 512), &dev).unwrap();
-        let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
-        let l = Linear::from_weight(LinearWeight::Quantized(q, None), None).unwrap();
-        assert!(matches!(l.weight, Weight::Matmul(_)));
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(split_rows(&q, None).unwrap().is_none());
     }
 
     #[test]
