@@ -262,21 +262,20 @@ impl Linear {
     /// gives its file pages back, as the copy is read from now on (and should the blocks be
     /// read again, the file has them).
     pub fn prepare(&mut self) -> Result<()> {
-        if let Weight::Matmul(QMatMul::QTensor(q)) = &self.weight {
-            if let Some(packed) = Packed::pack(q)? {
-                self.weight = Weight::Packed(Arc::new(packed));
-                if let Some(p) = &self.pages {
-                    p.release();
-                }
-                return Ok(());
-            }
-        }
-        let m = match &self.weight {
-            Weight::Matmul(m @ QMatMul::QTensor(q)) if q.device().is_cpu() => m,
-            Weight::Split(m, _) => m,
-            _ => return Ok(()),
+        let packed = match &self.weight {
+            Weight::Matmul(QMatMul::QTensor(q)) => Packed::pack(q)?,
+            _ => None,
         };
-        m.forward(&Tensor::zeros((1, self.in_dim), DType::F32, &Device::Cpu)?)?;
+        if let Some(packed) = packed {
+            self.weight = Weight::Packed(Arc::new(packed));
+        } else {
+            let m = match &self.weight {
+                Weight::Matmul(m @ QMatMul::QTensor(q)) if q.device().is_cpu() => m,
+                Weight::Split(m, _) => m,
+                _ => return Ok(()),
+            };
+            m.forward(&Tensor::zeros((1, self.in_dim), DType::F32, &Device::Cpu)?)?;
+        }
         if let Some(p) = &self.pages {
             p.release();
         }

@@ -84,7 +84,7 @@ impl Flamingo {
     }
 
     /// Makes the repacked copies of quantized CPU weights that the kernels read (ours for q8_0
-    /// where the CPU has them, else candle's, made on a layer's first product) for every layer
+    /// and q4k where the CPU has them, else candle's, made on a layer's first product) for every layer
     /// now, spread over candle's thread count, instead of one layer after another inside the
     /// first request.
     pub fn prepare_weights(&mut self) -> Result<()> {

@@ -171,17 +171,17 @@ fn wide<P: Pass>(pass: &P, o: &mut [f32], i: &[f32]) {
 
 /// Runs `pass` over `src` into `out` in pieces of whole `chunk`s, on up to candle's thread
 /// count of threads (one, for small inputs).
-fn run_pass<P: Pass>(pass: &P, src: &[f32], out: &mut [f32], chunk: usize) -> Result<()> {
+fn run_pass<P: Pass>(pass: &P, src: &[f32], out: &mut [f32], chunk: usize) {
     let threads = candle_core::utils::get_num_threads().max(1);
     // Below this a thread costs more than it saves.
     let per_thread = src.len().div_ceil(threads).max(1 << 15);
     let per_thread = per_thread.div_ceil(chunk) * chunk;
     if per_thread >= src.len() {
         wide(pass, out, src);
-        return Ok(());
+        return;
     }
     let pieces = src.len().div_ceil(per_thread);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Shared::of(out);
     candle_core::utils::barrier_pool().execute_chunked(pieces, |range| {
         for piece in range {
             let start = piece * per_thread;
@@ -191,7 +191,6 @@ fn run_pass<P: Pass>(pass: &P, src: &[f32], out: &mut [f32], chunk: usize) -> Re
             wide(pass, o, &src[start..start + len]);
         }
     });
-    Ok(())
 }
 
 /// Whether `x` takes the fused CPU passes below.
@@ -272,14 +271,26 @@ struct Attention {
 }
 
 /// A pointer that threads writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: each thread writes only the columns of its own heads (see `Attention::cpu_fwd`).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
+pub(crate) struct Shared<T>(*mut T);
 
-impl Shared {
-    fn at(self, i: usize) -> *mut f32 {
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+// SAFETY: its users (attention heads, fused passes, quantized products and their activations)
+// give each worker its own part of the buffer to write, and read nothing another writes.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn of(v: &mut [T]) -> Self {
+        Self(v.as_mut_ptr())
+    }
+
+    /// The address of element `i`.
+    pub(crate) fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
 }
@@ -297,7 +308,7 @@ impl CustomOp1 for Attention {
         // Queries are scaled before the product, as in candle's composed form (same rounding).
         let scale = (hd as f64).powf(-0.5) as f32;
         let mut out = vec![0f32; b * n * w];
-        let dst = Shared(out.as_mut_ptr());
+        let dst = Shared::of(&mut out);
         // Scratch reused by each thread from one call to the next (fresh buffers of this size
         // would be new pages to clear on every call).
         thread_local! {
@@ -397,15 +408,14 @@ impl CustomOp1 for Fused {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; src.len()];
-        let ran = match self {
+        match self {
             Self::QuickGelu => run_pass(&QuickGeluPass, src, &mut out, 1),
             Self::GeluErf => run_pass(&GeluErfPass, src, &mut out, 1),
             Self::Softmax => {
                 let row = l.shape().dims().last().copied().unwrap_or(1).max(1);
                 run_pass(&SoftmaxPass { row }, src, &mut out, row)
             }
-        };
-        ran.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

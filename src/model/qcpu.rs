@@ -27,10 +27,16 @@
 //! Activations are quantized per 32 values to signed bytes and a scale: finer than candle's
 //! per-256 quantization, so products are at least as close to f32.
 
+// Elsewhere only the fallback to candle's kernels is used: the layouts and activations are
+// x86-64's alone.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use crate::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::model::ops::Shared;
 
 /// Output rows per tile: the 16 lanes of a 512-bit register.
 const TILE: usize = 16;
@@ -218,10 +224,6 @@ impl Packed {
         }))
     }
 
-    pub fn dims(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-
     /// Bytes held (padding rows included).
     pub fn bytes(&self) -> usize {
         self.lines.len() * 64 + self.scales.len() * 2
@@ -280,9 +282,9 @@ impl Acts {
             sum: vec![0; m * kb],
         };
         let (q, d, c) = (
-            Addr::of(&mut acts.q),
-            Addr::of(&mut acts.d),
-            Addr::of(&mut acts.sum),
+            Shared::of(&mut acts.q),
+            Shared::of(&mut acts.d),
+            Shared::of(&mut acts.sum),
         );
         let one_row = |r: usize| {
             // SAFETY: row r's slices, written by this call only (rows are split between
@@ -290,9 +292,9 @@ impl Acts {
             unsafe {
                 x86::quantize_row(
                     &x[r * k..(r + 1) * k],
-                    std::slice::from_raw_parts_mut(q.ptr::<i8>().add(r * k), k),
-                    std::slice::from_raw_parts_mut(d.ptr::<f32>().add(r * kb), kb),
-                    std::slice::from_raw_parts_mut(c.ptr::<i32>().add(r * kb), kb),
+                    std::slice::from_raw_parts_mut(q.at(r * k), k),
+                    std::slice::from_raw_parts_mut(d.at(r * kb), kb),
+                    std::slice::from_raw_parts_mut(c.at(r * kb), kb),
                 )
             }
         };
@@ -302,20 +304,6 @@ impl Acts {
             candle_core::utils::barrier_pool().execute_chunked(m, |rows| rows.for_each(one_row));
         }
         acts
-    }
-}
-
-/// A buffer's address, for workers that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Addr(usize);
-
-impl Addr {
-    fn of<T>(v: &mut [T]) -> Self {
-        Self(v.as_mut_ptr() as usize)
-    }
-
-    fn ptr<T>(self) -> *mut T {
-        self.0 as *mut T
     }
 }
 
@@ -348,7 +336,7 @@ impl CustomOp1 for Packed {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Acts, Addr, Kind, Packed, BLOCK, Q4K_LINES, QK_K, ROW_CHUNK, TILE};
+    use super::{Acts, Kind, Packed, Shared, BLOCK, Q4K_LINES, QK_K, ROW_CHUNK, TILE};
     use std::arch::x86_64::*;
 
     /// Quantizes one row: per block of 32, scale = max|x| / 127, values rounded to nearest.
@@ -566,7 +554,7 @@ mod x86 {
     /// The CPU has AVX-512 F, BW and VNNI; `a` has the weight's width; `out` holds `a.m` rows
     /// of `w.rows` values.
     pub(super) unsafe fn run(w: &Packed, a: &Acts, out: &mut [f32]) {
-        let out = Addr::of(out);
+        let out = Shared::of(out);
         let pool = candle_core::utils::barrier_pool();
         let m = a.m;
         // Tiles a row takes at a time: as many independent chains as the registers allow.
@@ -585,7 +573,7 @@ mod x86 {
                     _ => 1,
                 }
                 .min(most);
-                dispatch(mr, step, w, a, row, t, out.ptr());
+                dispatch(mr, step, w, a, row, t, out.at(0));
                 t += step;
             }
         };
