@@ -207,6 +207,34 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// The activation that follows the first projection of a feed-forward block. A quantized
+/// product on our own kernels applies it as it writes its results
+/// ([`crate::model::linear::Linear::forward_then`]); elsewhere it is a pass of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x σ(1.702 x)`, OpenAI CLIP's.
+    QuickGelu,
+    /// GELU in its exact (erf) form, PyTorch's `nn.GELU()`.
+    GeluErf,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::QuickGelu => quick_gelu(x),
+            Self::GeluErf => gelu_erf(x),
+        }
+    }
+
+    /// `o` from `i` on the calling thread (a few values: a product's tile of results).
+    pub(crate) fn run(self, o: &mut [f32], i: &[f32]) {
+        match self {
+            Self::QuickGelu => wide(&QuickGeluPass, o, i),
+            Self::GeluErf => wide(&GeluErfPass, o, i),
+        }
+    }
+}
+
 /// GELU (erf form) in one vectorised pass over all threads ([`GeluErfPass`]); candle's own
 /// for other devices, types and non-contiguous views.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -287,6 +315,10 @@ unsafe impl<T> Sync for Shared<T> {}
 impl<T> Shared<T> {
     pub(crate) fn of(v: &mut [T]) -> Self {
         Self(v.as_mut_ptr())
+    }
+
+    pub(crate) fn new(p: *mut T) -> Self {
+        Self(p)
     }
 
     /// The address of element `i`.

@@ -4,6 +4,7 @@ use candle_core::{Module, Tensor};
 
 use crate::error::Result;
 use crate::model::linear::{layer_norm, HasLinears, Linear};
+use crate::model::ops::Activation;
 use crate::model::weights::Vb;
 
 const LN_EPS: f64 = 1e-5;
@@ -44,7 +45,7 @@ impl FeedForward {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.norm.forward(x)?;
-        let h = crate::model::ops::gelu_erf(&self.up.forward(&h)?)?;
+        let h = self.up.forward_then(&h, Activation::GeluErf)?;
         self.down.forward(&h)
     }
 }

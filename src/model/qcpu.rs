@@ -35,6 +35,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use crate::error::{Error, Result};
+use crate::model::ops::Activation;
 #[cfg(target_arch = "x86_64")]
 use crate::model::ops::Shared;
 
@@ -229,27 +230,38 @@ impl Packed {
         self.lines.len() * 64 + self.scales.len() * 2
     }
 
-    /// `out[m, rows] = x[m, cols] · selfᵀ`.
-    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    /// `then(x[m, cols] · selfᵀ)`: m rows of `rows` values.
+    pub fn matmul(&self, x: &[f32], m: usize, then: Epilogue) -> Result<Vec<f32>> {
         let (n, k) = (self.rows, self.cols);
-        if x.len() != m * k || out.len() != m * n {
-            return Err(Error::Candle(candle_core::Error::Msg(format!(
-                "a [{m}, {}] input and [{m}, {}] output for a [{n}, {k}] weight",
-                x.len() / m.max(1),
-                out.len() / m.max(1)
-            ))));
+        let bad = |what: String| {
+            Err(Error::Candle(candle_core::Error::Msg(format!(
+                "{what} for a [{n}, {k}] weight"
+            ))))
+        };
+        if x.len() != m * k {
+            return bad(format!("a [{m}, {}] input", x.len() / m.max(1)));
+        }
+        if let Some(b) = then.bias.filter(|b| b.len() != n) {
+            return bad(format!("a bias of {}", b.len()));
         }
         if m == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         #[cfg(target_arch = "x86_64")]
         {
             if cpu_has_them() {
                 let acts = Acts::quantize(x, m, k);
+                let mut out = Vec::with_capacity(m * n);
                 // SAFETY: the CPU has the features (checked just now); `acts` holds m rows of
-                // `k` values, `out` m rows of `n`.
-                unsafe { x86::run(self, &acts, out) };
-                return Ok(());
+                // `k` values; `out` has room for m rows of `n`, and the kernels write every
+                // one of them (the tiles cover every column of every row) before the length
+                // takes them in. No zeros written first: on one thread, that would cost more
+                // than a tenth of a product of many rows.
+                unsafe {
+                    x86::run(self, &acts, &then, out.as_mut_ptr());
+                    out.set_len(m * n);
+                }
+                return Ok(out);
             }
         }
         Err(Error::Candle(candle_core::Error::Msg(
@@ -307,8 +319,21 @@ impl Acts {
     }
 }
 
-/// The product as a candle op: [.., cols] f32 in, [.., rows] f32 out.
-impl CustomOp1 for Packed {
+/// What a product does to its results as it writes them: adds a bias (one value per weight
+/// row), then applies an activation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Activation>,
+}
+
+/// A product and its epilogue as a candle op: [.., cols] f32 in, [.., rows] f32 out.
+pub struct Product<'a> {
+    pub weight: &'a Packed,
+    pub then: Epilogue<'a>,
+}
+
+impl CustomOp1 for Product<'_> {
     fn name(&self) -> &'static str {
         "quantized matmul"
     }
@@ -319,16 +344,17 @@ impl CustomOp1 for Packed {
         let Some((&k, lead)) = dims.split_last() else {
             candle_core::bail!("{} takes a tensor of at least one dimension", self.name())
         };
-        if k != self.cols {
-            candle_core::bail!("{}: {dims:?} against [{}, {k}]", self.name(), self.rows)
+        let w = self.weight;
+        if k != w.cols {
+            candle_core::bail!("{}: {dims:?} against [{}, {k}]", self.name(), w.rows)
         }
         let m: usize = lead.iter().product();
-        let mut out = vec![0f32; m * self.rows];
-        self.matmul(x, m, &mut out)
+        let out = w
+            .matmul(x, m, self.then)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
-            *last = self.rows;
+            *last = w.rows;
         }
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
@@ -336,7 +362,7 @@ impl CustomOp1 for Packed {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Acts, Kind, Packed, Shared, BLOCK, Q4K_LINES, QK_K, ROW_CHUNK, TILE};
+    use super::{Acts, Epilogue, Kind, Packed, Shared, BLOCK, Q4K_LINES, QK_K, ROW_CHUNK, TILE};
     use std::arch::x86_64::*;
 
     /// Quantizes one row: per block of 32, scale = max|x| / 127, values rounded to nearest.
@@ -370,6 +396,7 @@ mod x86 {
     unsafe fn q8_0<const MR: usize, const NT: usize>(
         w: &Packed,
         a: &Acts,
+        then: &Epilogue,
         row0: usize,
         tile0: usize,
         out: *mut f32,
@@ -411,7 +438,7 @@ mod x86 {
                 }
             }
         }
-        store(w, &acc, row0, tile0, out);
+        store(w, then, &acc, row0, tile0, out);
     }
 
     /// q4k: `MR` rows of activations from `row0` against `NT` tiles from `tile0`.
@@ -419,6 +446,7 @@ mod x86 {
     unsafe fn q4k<const MR: usize, const NT: usize>(
         w: &Packed,
         a: &Acts,
+        then: &Epilogue,
         row0: usize,
         tile0: usize,
         out: *mut f32,
@@ -485,7 +513,7 @@ mod x86 {
                 }
             }
         }
-        store(w, &acc, row0, tile0, out);
+        store(w, then, &acc, row0, tile0, out);
     }
 
     /// 4 activation bytes of row `row` from value `at`, in every 32-bit lane.
@@ -495,66 +523,81 @@ mod x86 {
         _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
     }
 
-    /// Writes the sums of `MR` rows by `NT` tiles (the valid rows of a part tile only).
+    /// Writes the sums of `MR` rows by `NT` tiles (the valid rows of a part tile only),
+    /// through the epilogue.
     #[inline(always)]
     unsafe fn store<const MR: usize, const NT: usize>(
         w: &Packed,
+        then: &Epilogue,
         acc: &[[__m512; NT]; MR],
         row0: usize,
         tile0: usize,
         out: *mut f32,
     ) {
         let n = w.rows;
-        for (i, acc_row) in acc.iter().enumerate() {
-            for (t, v) in acc_row.iter().enumerate() {
-                let first = (tile0 + t) * TILE;
-                let valid = (n - first).min(TILE);
-                let mask: __mmask16 = if valid == TILE {
-                    0xFFFF
-                } else {
-                    (1u16 << valid) - 1
-                };
-                _mm512_mask_storeu_ps(out.add((row0 + i) * n + first), mask, *v);
+        for t in 0..NT {
+            let first = (tile0 + t) * TILE;
+            let valid = (n - first).min(TILE);
+            let mask: __mmask16 = if valid == TILE {
+                0xFFFF
+            } else {
+                (1u16 << valid) - 1
+            };
+            let bias = match then.bias {
+                Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(first)),
+                None => _mm512_setzero_ps(),
+            };
+            for (i, acc_row) in acc.iter().enumerate() {
+                let mut v = _mm512_add_ps(acc_row[t], bias);
+                if let Some(act) = then.act {
+                    let (mut x, mut y) = ([0f32; TILE], [0f32; TILE]);
+                    _mm512_storeu_ps(x.as_mut_ptr(), v);
+                    act.run(&mut y, &x);
+                    v = _mm512_loadu_ps(y.as_ptr());
+                }
+                _mm512_mask_storeu_ps(out.add((row0 + i) * n + first), mask, v);
             }
         }
     }
 
     /// `mr` (1..=4) rows against `nt` tiles (q8_0: 1, 2 or 4; q4k: 1 or 2).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn dispatch(
         mr: usize,
         nt: usize,
         w: &Packed,
         a: &Acts,
+        then: &Epilogue,
         row0: usize,
         tile0: usize,
         out: *mut f32,
     ) {
         match (w.kind, mr, nt) {
-            (Kind::Q8_0, 1, 4) => q8_0::<1, 4>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 1, 2) => q8_0::<1, 2>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 1, _) => q8_0::<1, 1>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 2, 2) => q8_0::<2, 2>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 2, _) => q8_0::<2, 1>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 3, 2) => q8_0::<3, 2>(w, a, row0, tile0, out),
-            (Kind::Q8_0, 3, _) => q8_0::<3, 1>(w, a, row0, tile0, out),
-            (Kind::Q8_0, _, 2) => q8_0::<4, 2>(w, a, row0, tile0, out),
-            (Kind::Q8_0, _, _) => q8_0::<4, 1>(w, a, row0, tile0, out),
-            (Kind::Q4K, 1, 2) => q4k::<1, 2>(w, a, row0, tile0, out),
-            (Kind::Q4K, 1, _) => q4k::<1, 1>(w, a, row0, tile0, out),
-            (Kind::Q4K, 2, _) => q4k::<2, 1>(w, a, row0, tile0, out),
-            (Kind::Q4K, 3, _) => q4k::<3, 1>(w, a, row0, tile0, out),
-            (Kind::Q4K, _, _) => q4k::<4, 1>(w, a, row0, tile0, out),
+            (Kind::Q8_0, 1, 4) => q8_0::<1, 4>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 1, 2) => q8_0::<1, 2>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 1, _) => q8_0::<1, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 2, 2) => q8_0::<2, 2>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 2, _) => q8_0::<2, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 3, 2) => q8_0::<3, 2>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, 3, _) => q8_0::<3, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, _, 2) => q8_0::<4, 2>(w, a, then, row0, tile0, out),
+            (Kind::Q8_0, _, _) => q8_0::<4, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q4K, 1, 2) => q4k::<1, 2>(w, a, then, row0, tile0, out),
+            (Kind::Q4K, 1, _) => q4k::<1, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q4K, 2, _) => q4k::<2, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q4K, 3, _) => q4k::<3, 1>(w, a, then, row0, tile0, out),
+            (Kind::Q4K, _, _) => q4k::<4, 1>(w, a, then, row0, tile0, out),
         }
     }
 
-    /// The whole product over candle's thread pool.
+    /// The whole product over candle's thread pool; every value of `out` is written.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and VNNI; `a` has the weight's width; `out` holds `a.m` rows
-    /// of `w.rows` values.
-    pub(super) unsafe fn run(w: &Packed, a: &Acts, out: &mut [f32]) {
-        let out = Shared::of(out);
+    /// The CPU has AVX-512 F, BW and VNNI; `a` has the weight's width, a bias in `then` one
+    /// value per weight row; `out` has room for `a.m` rows of `w.rows` values.
+    pub(super) unsafe fn run(w: &Packed, a: &Acts, then: &Epilogue, out: *mut f32) {
+        let out = Shared::new(out);
         let pool = candle_core::utils::barrier_pool();
         let m = a.m;
         // Tiles a row takes at a time: as many independent chains as the registers allow.
@@ -573,7 +616,7 @@ mod x86 {
                     _ => 1,
                 }
                 .min(most);
-                dispatch(mr, step, w, a, row, t, out.at(0));
+                dispatch(mr, step, w, a, then, row, t, out.at(0));
                 t += step;
             }
         };
@@ -659,8 +702,7 @@ mod tests {
             for m in [1, 2, 3, 5, 70] {
                 let x = Tensor::randn(0f32, 1f32, (m, k), &dev).unwrap();
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let mut got = vec![0f32; m * n];
-                packed.matmul(&xs, m, &mut got).unwrap();
+                let got = packed.matmul(&xs, m, Epilogue::default()).unwrap();
                 let want = reference(&q, &xs, m);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(

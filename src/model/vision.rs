@@ -6,6 +6,7 @@ use candle_core::{Module, Tensor, D};
 use crate::error::{Error, Result};
 use crate::model::config::VisionConfig;
 use crate::model::linear::{layer_norm, HasLinears, Linear};
+use crate::model::ops::Activation;
 use crate::model::weights::Vb;
 
 const LN_EPS: f64 = 1e-5;
@@ -49,13 +50,12 @@ impl ResBlock {
         let o = crate::model::ops::self_attention(&qkv, self.heads)?; // [b, n, w]
         let x = (x + self.out_proj.forward(&o)?)?;
         let h = self.ln_2.forward(&x)?;
-        let h = self.c_fc.forward(&h)?;
-        let h = if self.quick_gelu {
-            crate::model::ops::quick_gelu(&h)?
+        let act = if self.quick_gelu {
+            Activation::QuickGelu
         } else {
-            crate::model::ops::gelu_erf(&h)?
+            Activation::GeluErf
         };
-        let h = self.c_proj.forward(&h)?;
+        let h = self.c_proj.forward(&self.c_fc.forward_then(&h, act)?)?;
         Ok((x + h)?)
     }
 }

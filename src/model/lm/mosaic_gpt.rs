@@ -6,6 +6,7 @@ use candle_core::{Device, Module, Tensor};
 use crate::error::Result;
 use crate::model::config::MosaicGptConfig;
 use crate::model::linear::{layer_norm, HasLinears, Linear};
+use crate::model::ops::Activation;
 use crate::model::perceiver::{merge_heads, split_heads};
 use crate::model::weights::Vb;
 
@@ -186,7 +187,9 @@ impl MosaicGpt {
         let att = crate::model::ops::softmax_last_dim(&att)?;
         let o = merge_heads(&att.matmul(&v)?)?;
         let x = (x + blk.out_proj.forward(&o)?)?;
-        let m = crate::model::ops::gelu_erf(&blk.mlp_up.forward(&blk.ln_2.forward(&x)?)?)?;
+        let m = blk
+            .mlp_up
+            .forward_then(&blk.ln_2.forward(&x)?, Activation::GeluErf)?;
         Ok((&x + blk.mlp_down.forward(&m)?)?)
     }
 
