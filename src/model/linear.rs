@@ -377,7 +377,7 @@ pub fn layer_norm(
     dim: usize,
     eps: f64,
     bias: bool,
-) -> Result<candle_nn::LayerNorm> {
+) -> Result<crate::model::ops::LayerNorm> {
     let vb = vb.pp(name);
     let w = vb.get(&[dim], "weight")?;
     let b = if bias {
@@ -385,7 +385,7 @@ pub fn layer_norm(
     } else {
         w.zeros_like()?
     };
-    Ok(candle_nn::LayerNorm::new(w, b, eps))
+    Ok(crate::model::ops::LayerNorm::new(w, b, eps)?)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm → Linear(dim→4dim) → GELU(erf) → Linear(4dim→dim), no biases in the linears.
 pub(crate) struct FeedForward {
-    norm: candle_nn::LayerNorm,
+    norm: crate::model::ops::LayerNorm,
     up: Linear,
     down: Linear,
 }
@@ -51,8 +51,8 @@ impl FeedForward {
 }
 
 struct PerceiverAttention {
-    norm_media: candle_nn::LayerNorm,
-    norm_latents: candle_nn::LayerNorm,
+    norm_media: crate::model::ops::LayerNorm,
+    norm_latents: crate::model::ops::LayerNorm,
     to_q: Linear,
     to_kv: Linear,
     to_out: Linear,
@@ -109,7 +109,7 @@ impl HasLinears for PerceiverResampler {
 pub struct PerceiverResampler {
     latents: Tensor,
     layers: Vec<(PerceiverAttention, FeedForward)>,
-    norm: candle_nn::LayerNorm,
+    norm: crate::model::ops::LayerNorm,
     dim: usize,
 }
 

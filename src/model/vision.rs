@@ -12,10 +12,10 @@ use crate::model::weights::Vb;
 const LN_EPS: f64 = 1e-5;
 
 struct ResBlock {
-    ln_1: candle_nn::LayerNorm,
+    ln_1: crate::model::ops::LayerNorm,
     in_proj: Linear,
     out_proj: Linear,
-    ln_2: candle_nn::LayerNorm,
+    ln_2: crate::model::ops::LayerNorm,
     c_fc: Linear,
     c_proj: Linear,
     heads: usize,
@@ -74,7 +74,7 @@ pub struct VisionTower {
     patch: Linear, // conv1 as a matmul over flattened patches
     class_embedding: Tensor,
     positional_embedding: Tensor,
-    ln_pre: candle_nn::LayerNorm,
+    ln_pre: crate::model::ops::LayerNorm,
     blocks: Vec<ResBlock>,
     cfg: VisionConfig,
 }

@@ -98,7 +98,7 @@ impl HasLinears for GatedCrossAttention {
 pub struct GatedCrossAttention {
     attn_gate: Tensor,
     ff_gate: Tensor,
-    norm: candle_nn::LayerNorm,
+    norm: crate::model::ops::LayerNorm,
     to_q: Linear,
     to_kv: Linear,
     to_out: Linear,

@@ -15,12 +15,12 @@ use super::{AttnBias, LayerCache};
 const LN_EPS: f64 = 1e-5;
 
 struct Block {
-    ln_1: candle_nn::LayerNorm,
+    ln_1: crate::model::ops::LayerNorm,
     wqkv: Linear,
-    q_ln: Option<candle_nn::LayerNorm>,
-    k_ln: Option<candle_nn::LayerNorm>,
+    q_ln: Option<crate::model::ops::LayerNorm>,
+    k_ln: Option<crate::model::ops::LayerNorm>,
     out_proj: Linear,
-    ln_2: candle_nn::LayerNorm,
+    ln_2: crate::model::ops::LayerNorm,
     mlp_up: Linear,
     mlp_down: Linear,
 }
@@ -57,7 +57,7 @@ pub struct MosaicGpt {
     /// The tied output projection (the same matrix as `wte`, convertible on its own).
     head: Linear,
     blocks: Vec<Block>,
-    ln_f: candle_nn::LayerNorm,
+    ln_f: crate::model::ops::LayerNorm,
     slopes: Vec<f32>,
 }
 
