@@ -402,6 +402,8 @@ fn timings(
         "decode_s_per_token": decode_per_token,
         "decode_tokens": g.tokens.len(),
         "cold_caption_s": cold_caption_s,
+        // Its parts: the three images, the prompt, the tokens after the first.
+        "cold_caption_parts_s": [g.timings.encode_s, g.timings.prefill_s, g.timings.decode_s],
         "requery_ttft_s": requery_ttft_s,
         "requery_encode_s": requery_encode_s,
         "requery_final_prefill_s": final_prefill_s,

@@ -3,13 +3,15 @@
 # shape, one after the other on a quiet machine, and prints one table of the figures and the
 # ratios to PyTorch. Needs the reference environment (tests/reference/README.md).
 #   tests/reference/bench_side_by_side.sh 3b /path/to/venv/bin/python /path/to/mpt_redpajama
-# FORMATS="f32 q8_0" limits the formats; THREADS (default 2) sets the threads of both sides.
+# FORMATS="f32 q8_0" limits the formats; THREADS (default 2) sets the threads of both sides;
+# KEEP=folder keeps each side's JSON there (every figure, the cold caption's parts too).
 set -euo pipefail
 shape=${1:-tiny}; py=${2:-python3}; code=${3:?folder with MosaicGPT remote code}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${FLAMINGO_BIN:-$root/target/release/flamingo}
 threads=${THREADS:-2}
-out=$(mktemp -d)
+out=${KEEP:-$(mktemp -d)}
+mkdir -p "$out"
 for f in ${FORMATS:-f32 f16 q8_0 q4k}; do
   echo "== flamingo bench --shape $shape --dtype $f" >&2
   "$bin" bench --shape "$shape" --threads "$threads" --dtype "$f" >"$out/$f.json"
@@ -58,4 +60,4 @@ if "encode_s_per_image" in t and "prefill_s" in t:
     print(f"\nPyTorch re-query (no caches): {n} encodes + prefill = "
           f"{n * t['encode_s_per_image'] + t['prefill_s']:.3f} s")
 PY
-rm -rf "$out"
+[ -n "${KEEP:-}" ] || rm -rf "$out"
