@@ -179,6 +179,13 @@ impl MosaicGpt {
         let k = split_heads(&k, nh)?;
         let v = split_heads(&v, nh)?;
         let (k, v) = cache.append(k, v)?;
+        // Views into the cache's buffers. candle multiplies such a view in place when only
+        // the heads are batched, not with a batch of several prompts as well.
+        let (k, v) = if x.dim(0)? > 1 {
+            (k.contiguous()?, v.contiguous()?)
+        } else {
+            (k, v)
+        };
         let scale = self
             .cfg
             .softmax_scale
