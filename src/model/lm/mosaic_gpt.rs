@@ -179,9 +179,10 @@ impl MosaicGpt {
         let k = split_heads(&k, nh)?;
         let v = split_heads(&v, nh)?;
         let (k, v) = cache.append(k, v)?;
-        // Views into the cache's buffers. candle multiplies such a view in place when only
-        // the heads are batched, not with a batch of several prompts as well.
-        let (k, v) = if x.dim(0)? > 1 {
+        // Views into the cache's buffers. candle multiplies such a view in place on the CPU
+        // when only the heads are batched, not with a batch of several prompts as well; on a
+        // GPU (not tried on one yet) the product takes contiguous copies, as before.
+        let (k, v) = if x.dim(0)? > 1 || !x.device().is_cpu() {
             (k.contiguous()?, v.contiguous()?)
         } else {
             (k, v)
