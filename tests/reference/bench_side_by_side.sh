@@ -46,6 +46,9 @@ for f, r in rows:
         v = cell(r[k], k)
         if k in t and t[k]:
             v += f" ({r[k] / t[k]:.2f}x)"
+        if k == "cold_caption_s" and "cold_caption_parts_s" in r:
+            # Its images, prompt and tokens.
+            v += " (" + " + ".join(f"{p:.2f}" for p in r["cold_caption_parts_s"]) + ")"
         cells.append(v)
     # The floor of a re-query: the query's encode plus the final prompt alone.
     floor = r["requery_encode_s"] + r["requery_final_prefill_s"]
