@@ -20,12 +20,6 @@ pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()?)
 }
 
-/// [b, h, n, d] → [b, n, h·d].
-pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, n, d) = x.dims4()?;
-    Ok(x.transpose(1, 2)?.reshape((b, n, h * d))?)
-}
-
 /// LayerNorm → Linear(dim→4dim) → GELU(erf) → Linear(4dim→dim), no biases in the linears.
 pub(crate) struct FeedForward {
     norm: crate::model::ops::LayerNorm,
@@ -80,12 +74,14 @@ impl PerceiverAttention {
         let kv = self.to_kv.forward(&kv_in)?;
         let k = kv.narrow(2, 0, inner)?;
         let v = kv.narrow(2, inner, inner)?;
-        let q = (split_heads(&q, HEADS)? * (DIM_HEAD as f64).powf(-0.5))?;
-        let k = split_heads(&k, HEADS)?;
-        let v = split_heads(&v, HEADS)?;
-        let att = crate::model::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let o = merge_heads(&att.matmul(&v)?)?;
-        self.to_out.forward(&o)
+        let (q, k, v) = (
+            split_heads(&q, HEADS)?,
+            split_heads(&k, HEADS)?,
+            split_heads(&v, HEADS)?,
+        );
+        let scale = (DIM_HEAD as f64).powf(-0.5);
+        self.to_out
+            .forward(&crate::model::ops::attention(&q, &k, &v, scale, None)?)
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
 use crate::model::linear::{layer_norm, HasLinears, Linear};
-use crate::model::perceiver::{merge_heads, split_heads, FeedForward, DIM_HEAD, HEADS};
+use crate::model::perceiver::{split_heads, FeedForward, DIM_HEAD, HEADS};
 use crate::model::weights::Vb;
 
 /// For each token, which image it may see: 0 = none, k = the k-th image (1-based).
@@ -24,9 +24,10 @@ pub fn text_time(ids: &[u32], media_id: u32, images_before: u32) -> Vec<u32> {
 
 /// The cross-attention mask of one forward pass, shared by every block.
 pub struct MediaMask {
-    /// [B, 1, Tq, Tk] u8: 1 where query i may attend to media key k.
-    allowed: Tensor,
-    /// [B, 1, Tq, 1] f32: 0 for tokens before the first image (their output is zeroed).
+    /// [B, 1, Tq, Tk] f32 added to the scores: 0 where query i may attend to media key k,
+    /// -f32::MAX (the reference's fill value) where it may not.
+    bias: Tensor,
+    /// [B, Tq, 1] f32: 0 for tokens before the first image (their output is zeroed).
     has_media: Tensor,
 }
 
@@ -41,7 +42,7 @@ impl MediaMask {
         let b = times.len();
         let tq = times.first().map(|t| t.len()).unwrap_or(0);
         let tk = n_images * n_latents;
-        let mut allowed = vec![0u8; b * tq * tk];
+        let mut bias = vec![-f32::MAX; b * tq * tk];
         let mut has = vec![0f32; b * tq];
         for (bi, row) in times.iter().enumerate() {
             for (i, &t) in row.iter().enumerate() {
@@ -52,15 +53,16 @@ impl MediaMask {
                 has[bi * tq + i] = 1.0;
                 let img = t as usize - 1;
                 if img < n_images {
-                    allowed[base + img * n_latents..base + (img + 1) * n_latents].fill(1);
+                    bias[base + img * n_latents..base + (img + 1) * n_latents].fill(0.0);
                 }
                 // More `<image>` markers than images: nothing matches, every logit is the same
-                // fill value and the softmax is uniform over all keys, as in the reference.
+                // fill value (a score plus -f32::MAX rounds to it) and the softmax is uniform
+                // over all keys, as in the reference.
             }
         }
         Ok(Self {
-            allowed: Tensor::from_vec(allowed, (b, 1, tq, tk), device)?,
-            has_media: Tensor::from_vec(has, (b, 1, tq, 1), device)?,
+            bias: Tensor::from_vec(bias, (b, 1, tq, tk), device)?,
+            has_media: Tensor::from_vec(has, (b, tq, 1), device)?,
         })
     }
 }
@@ -134,18 +136,12 @@ impl GatedCrossAttention {
     /// x: [B, T, dim] hidden states entering the decoder block.
     pub fn forward(&self, x: &Tensor, kv: &MediaKv, mask: &MediaMask) -> Result<Tensor> {
         let h = self.norm.forward(x)?;
-        let q = (split_heads(&self.to_q.forward(&h)?, HEADS)? * (DIM_HEAD as f64).powf(-0.5))?;
-        let sim = q.matmul(&kv.k.t()?)?; // [B, H, T, K]
-        let fill = Tensor::new(-f32::MAX, sim.device())?
-            .to_dtype(sim.dtype())?
-            .broadcast_as(sim.shape())?;
-        let sim = mask
-            .allowed
-            .broadcast_as(sim.shape())?
-            .where_cond(&sim, &fill)?;
-        let att = crate::model::ops::softmax_last_dim(&sim)?;
-        let att = att.broadcast_mul(&mask.has_media.to_dtype(att.dtype())?)?;
-        let o = self.to_out.forward(&merge_heads(&att.matmul(&kv.v)?)?)?;
+        let q = split_heads(&self.to_q.forward(&h)?, HEADS)?;
+        let scale = (DIM_HEAD as f64).powf(-0.5);
+        // Tokens before the first image see no media: their output is zeroed.
+        let o = crate::model::ops::attention(&q, &kv.k, &kv.v, scale, Some(&mask.bias))?
+            .broadcast_mul(&mask.has_media.to_dtype(q.dtype())?)?;
+        let o = self.to_out.forward(&o)?;
         let x = (x + o.broadcast_mul(&self.attn_gate)?)?;
         let f = self.ff.forward(&x)?;
         Ok((&x + f.broadcast_mul(&self.ff_gate)?)?)
@@ -188,11 +184,13 @@ mod tests {
     #[test]
     fn mask_allows_only_the_current_image_and_zeroes_text_before_images() {
         let m = MediaMask::new(&[vec![0, 1, 2, 3]], 2, 2, &Device::Cpu).unwrap();
-        let allowed: Vec<u8> = m.allowed.flatten_all().unwrap().to_vec1().unwrap();
+        let bias: Vec<f32> = m.bias.flatten_all().unwrap().to_vec1().unwrap();
+        let allowed: Vec<u8> = bias.iter().map(|&b| u8::from(b == 0.0)).collect();
         assert_eq!(
             allowed,
             vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
         );
+        assert!(bias.iter().all(|&b| b == 0.0 || b == -f32::MAX));
         let has: Vec<f32> = m.has_media.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(has, vec![0.0, 1.0, 1.0, 1.0]);
     }

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::model::config::MosaicGptConfig;
 use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::ops::Activation;
-use crate::model::perceiver::{merge_heads, split_heads};
+use crate::model::perceiver::split_heads;
 use crate::model::weights::Vb;
 
 use super::{AttnBias, LayerCache};
@@ -179,21 +179,11 @@ impl MosaicGpt {
         let k = split_heads(&k, nh)?;
         let v = split_heads(&v, nh)?;
         let (k, v) = cache.append(k, v)?;
-        // Views into the cache's buffers. candle multiplies such a view in place on the CPU
-        // when only the heads are batched, not with a batch of several prompts as well; on a
-        // GPU (not tried on one yet) the product takes contiguous copies, as before.
-        let (k, v) = if x.dim(0)? > 1 || !x.device().is_cpu() {
-            (k.contiguous()?, v.contiguous()?)
-        } else {
-            (k, v)
-        };
         let scale = self
             .cfg
             .softmax_scale
             .unwrap_or(1.0 / ((d / nh) as f64).sqrt());
-        let att = ((q.matmul(&k.t()?)? * scale)?).broadcast_add(&bias.0)?;
-        let att = crate::model::ops::softmax_last_dim(&att)?;
-        let o = merge_heads(&att.matmul(&v)?)?;
+        let o = crate::model::ops::attention(&q, &k, &v, scale, Some(&bias.0))?;
         let x = (x + blk.out_proj.forward(&o)?)?;
         let m = blk
             .mlp_up
