@@ -268,11 +268,12 @@ impl Linear {
             _ => None,
         };
         if let Some(packed) = packed {
-            let bias = match self.bias.take() {
+            let bias = match &self.bias {
                 Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?.into()),
                 None => None,
             };
             self.weight = Weight::Packed(Arc::new(packed), bias);
+            self.bias = None;
         } else {
             let m = match &self.weight {
                 Weight::Matmul(m @ QMatMul::QTensor(q)) if q.device().is_cpu() => m,

@@ -164,9 +164,10 @@ struct LayerNormPass<'a> {
 impl Pass for LayerNormPass<'_> {
     #[inline(always)]
     fn run(&self, o: &mut [f32], i: &[f32]) {
-        let n = self.weight.len();
-        // Eight running sums (vector lanes) for speed and a smaller rounding error.
-        let lanes_sum = |row: &[f32], f: &dyn Fn(f32) -> f32| {
+        /// Sum of `f` over a row, in eight running sums (vector lanes) for speed and a smaller
+        /// rounding error.
+        #[inline(always)]
+        fn lanes_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
             let mut lanes = [0f32; 8];
             let mut blocks = row.chunks_exact(8);
             for b in &mut blocks {
@@ -175,10 +176,11 @@ impl Pass for LayerNormPass<'_> {
                 }
             }
             lanes.iter().sum::<f32>() + blocks.remainder().iter().map(|&v| f(v)).sum::<f32>()
-        };
+        }
+        let n = self.weight.len();
         for (o, i) in o.chunks_mut(n).zip(i.chunks(n)) {
-            let mean = lanes_sum(i, &|v| v) / n as f32;
-            let var = lanes_sum(i, &|v| (v - mean) * (v - mean)) / n as f32;
+            let mean = lanes_sum(i, |v| v) / n as f32;
+            let var = lanes_sum(i, |v| (v - mean) * (v - mean)) / n as f32;
             let inv = 1.0 / (var + self.eps).sqrt();
             for ((o, &x), (&w, &b)) in o.iter_mut().zip(i).zip(self.weight.iter().zip(self.bias)) {
                 *o = (x - mean) * inv * w + b;

@@ -255,8 +255,8 @@ impl Packed {
                 // SAFETY: the CPU has the features (checked just now); `acts` holds m rows of
                 // `k` values; `out` has room for m rows of `n`, and the kernels write every
                 // one of them (the tiles cover every column of every row) before the length
-                // takes them in. No zeros written first: on one thread, that would cost more
-                // than a tenth of a product of many rows.
+                // takes them in. No zeros written first: that ran on the calling thread while
+                // the other waited (2.4 % of an image encode's samples in a profile).
                 unsafe {
                     x86::run(self, &acts, &then, out.as_mut_ptr());
                     out.set_len(m * n);
