@@ -356,28 +356,23 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Unmasked multi-head self-attention straight from a fused projection: `qkv` is
 /// `[B, N, 3W]` (queries, keys, values side by side, each `heads` heads wide), the result
-/// `[B, N, W]` with the heads side by side again, as the output projection takes it. On the
-/// CPU the heads are spread over threads and read in place (candle would copy each of q, k
-/// and v into heads-first order, multiply on one thread and copy the result back); elsewhere
-/// candle's operations.
+/// `[B, N, W]` with the heads side by side again, as the output projection takes it. The
+/// heads are views of `qkv`, which [`attention`] reads in place on the CPU (candle would copy
+/// each of q, k and v into heads-first order, multiply on one thread and copy the result back).
 pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, n, w3) = qkv.dims3()?;
     if heads == 0 || w3 % (3 * heads) != 0 {
         candle_core::bail!("attention: {w3} columns do not hold q, k and v of {heads} heads")
     }
-    if fusable(qkv) {
-        return qkv.apply_op1_no_bwd(&Attention { heads });
-    }
-    let w = w3 / 3;
-    let hd = w / heads;
+    let hd = w3 / 3 / heads;
+    // [3, B, heads, N, hd]: rows of hd values at stride 3W. Each part is taken as a view
+    // (`get` would copy it: it reshapes a non-contiguous narrow).
     let qkv = qkv
         .reshape((b, n, 3, heads, hd))?
         .permute((2, 0, 3, 1, 4))?;
-    let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
-    let k = qkv.get(1)?.contiguous()?;
-    let v = qkv.get(2)?.contiguous()?;
-    let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-    att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, w))
+    let part = |i| qkv.narrow(0, i, 1)?.squeeze(0);
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    attention(&q, &k, &v, (hd as f64).powf(-0.5), None)
 }
 
 /// The values of a contiguous f32 CPU tensor, for the CPU custom ops; an error naming `op`
@@ -391,10 +386,6 @@ pub(crate) fn contiguous_f32<'a>(
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
         _ => candle_core::bail!("{op} takes a contiguous f32 tensor"),
     }
-}
-
-struct Attention {
-    heads: usize,
 }
 
 /// A pointer that threads writing disjoint parts of one buffer may share.
@@ -423,48 +414,6 @@ impl<T> Shared<T> {
     /// The address of element `i`.
     pub(crate) fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
-    }
-}
-
-impl CustomOp1 for Attention {
-    fn name(&self) -> &'static str {
-        "self-attention"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l, self.name())?;
-        let (b, n, w3) = l.shape().dims3()?;
-        let (w, heads) = (w3 / 3, self.heads);
-        let hd = w / heads;
-        let mut out = vec![0f32; b * n * w];
-        let dst = Shared::of(&mut out);
-        let dims = HeadDims {
-            tq: n,
-            tk: n,
-            d: hd,
-            scale: (hd as f64).powf(-0.5) as f32,
-        };
-        // The heads over candle's thread pool, whose workers are already waiting.
-        candle_core::utils::barrier_pool().execute_chunked(b * heads, |units| {
-            units.for_each(|unit| {
-                let (bi, h) = (unit / heads, unit % heads);
-                let base = bi * n * w3 + h * hd;
-                // SAFETY: q, k and v are n rows of hd values at row stride w3 inside `src`
-                // (the shape checked by the caller); this head's output is n rows of hd
-                // values at row stride w inside `out`, written by this unit only.
-                unsafe {
-                    one_head(
-                        &dims,
-                        (src[base..].as_ptr(), w3),
-                        (src[base + w..].as_ptr(), w3),
-                        (src[base + 2 * w..].as_ptr(), w3),
-                        None,
-                        (dst.at(bi * n * w + h * hd), w),
-                    )
-                }
-            })
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, n, w))))
     }
 }
 
@@ -532,8 +481,9 @@ unsafe fn one_head(
 /// Multi-head attention: `softmax(scale q kᵀ + bias) v` for queries `q` [B, H, Tq, D] over
 /// keys and values `k`, `v` [B, H, Tk, D], with `bias` [B or 1, H or 1, Tq, Tk] added to the
 /// scores; the result has the heads side by side again, [B, Tq, H·D], as an output
-/// projection takes it. On the CPU the heads are spread over candle's pool and the keys and
-/// values read in place (views into a KV cache too); candle's composed form multiplies one
+/// projection takes it. On the CPU the heads are spread over candle's pool and the queries,
+/// keys and values read in place (views into a fused projection or a KV cache too); candle's
+/// composed form multiplies one
 /// head after another, on rayon's pool where a product is large, through five more
 /// operations. Elsewhere candle's operations.
 pub fn attention(
@@ -577,7 +527,7 @@ pub fn attention(
         && bias.is_none_or(|t| on_cpu(t) && t.is_contiguous())
     {
         let bias = bias.cloned();
-        return q.contiguous()?.apply_op3_no_bwd(
+        return q.apply_op3_no_bwd(
             k,
             v,
             &Heads {
@@ -630,15 +580,20 @@ impl candle_core::CustomOp3 for Heads {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = contiguous_f32(qs, ql, self.name())?;
+        let (q, q_st) = strided_f32(qs, ql, self.name())?;
         let (k, k_st) = strided_f32(ks, kl, self.name())?;
         let (v, v_st) = strided_f32(vs, vl, self.name())?;
         let (b, h, tq, d) = ql.shape().dims4()?;
         let tk = kl.shape().dims()[2];
-        // The last element of each of k and v must lie inside its buffer.
-        let last = |st: &[usize]| (b - 1) * st[0] + (h - 1) * st[1] + (tk - 1) * st[2] + d;
-        if tk == 0 || last(&k_st) > k.len() || last(&v_st) > v.len() {
-            candle_core::bail!("attention: keys or values outside their buffer")
+        // The last element of each of q, k and v must lie inside its buffer.
+        let end =
+            |st: &[usize], rows: usize| (b - 1) * st[0] + (h - 1) * st[1] + (rows - 1) * st[2] + d;
+        if tk == 0
+            || end(&q_st, tq) > q.len()
+            || end(&k_st, tk) > k.len()
+            || end(&v_st, tk) > v.len()
+        {
+            candle_core::bail!("attention: queries, keys or values outside their buffer")
         }
         let guard = self.bias.as_ref().map(|t| t.storage_and_layout());
         let bias = match &guard {
@@ -667,14 +622,13 @@ impl candle_core::CustomOp3 for Heads {
                     ((if bb == 1 { 0 } else { bi }) * bh + if bh == 1 { 0 } else { hi }) * tq * tk;
                 data[at..].as_ptr()
             });
-            // SAFETY: q is contiguous [b, h, tq, d]; k and v lie inside their buffers (checked
-            // above) at their strides; the bias, of the shape `attention` checked, is
-            // contiguous; this head's output is tq rows of d values at row stride h·d inside
-            // `out`, written by this unit only.
+            // SAFETY: q, k and v lie inside their buffers (checked above) at their strides;
+            // the bias, of the shape `attention` checked, is contiguous; this head's output is
+            // tq rows of d values at row stride h·d inside `out`, written by this unit only.
             unsafe {
                 one_head(
                     &dims,
-                    (q[(bi * h + hi) * tq * d..].as_ptr(), d),
+                    (q[bi * q_st[0] + hi * q_st[1]..].as_ptr(), q_st[2]),
                     (k[bi * k_st[0] + hi * k_st[1]..].as_ptr(), k_st[2]),
                     (v[bi * v_st[0] + hi * v_st[1]..].as_ptr(), v_st[2]),
                     bias,
@@ -855,12 +809,27 @@ mod tests {
         // Odd sizes: rows that fill no vector, heads that do not split evenly over threads.
         for (b, n, heads, hd) in [(2, 257, 5, 16), (1, 7, 3, 8)] {
             let w3 = 3 * heads * hd;
-            // Stored [b, 3w, n] and viewed as [b, n, 3w]: the same numbers, not contiguous,
-            // so the second call takes candle's operations.
-            let t = Tensor::randn(0f32, 2f32, (b, w3, n), &Device::Cpu).unwrap();
-            let viewed = t.transpose(1, 2).unwrap();
-            let fused = self_attention(&viewed.contiguous().unwrap(), heads).unwrap();
-            let composed = self_attention(&viewed, heads).unwrap();
+            let qkv = Tensor::randn(0f32, 2f32, (b, n, w3), &Device::Cpu).unwrap();
+            let fused = self_attention(&qkv, heads).unwrap();
+            // candle's composed form: q, k and v copied into heads-first order.
+            let composed = {
+                let parts = qkv
+                    .reshape((b, n, 3, heads, hd))
+                    .unwrap()
+                    .permute((2, 0, 3, 1, 4))
+                    .unwrap();
+                let part = |i| parts.get(i).unwrap().contiguous().unwrap();
+                let q = (part(0) * (hd as f64).powf(-0.5)).unwrap();
+                let att = q.matmul(&part(1).t().unwrap()).unwrap();
+                candle_nn::ops::softmax_last_dim(&att)
+                    .unwrap()
+                    .matmul(&part(2))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b, n, heads * hd))
+                    .unwrap()
+            };
             assert_eq!(fused.dims(), &[b, n, heads * hd]);
             let d = max_abs_diff(&fused, &composed);
             assert!(d < 1e-5, "max difference {d}");
