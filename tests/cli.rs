@@ -163,10 +163,20 @@ fn bench_tiny_prints_json() {
     for dtype in ["f32", "q8_0"] {
         let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
             .args(["bench", "--shape", "tiny", "--tokens", "3", "--images", "1"])
-            .args(["--threads", "1", "--dtype", dtype])
+            .args(["--threads", "1", "--dtype", dtype, "--repeats", "2"])
             .output()
             .unwrap();
         let v = json_stdout(&out);
+        // Every timed run is listed, and the figure is one of them.
+        let runs = v["cold_caption_runs_s"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{v}");
+        assert!(runs.contains(&v["cold_caption_s"]), "{v}");
+        let requeries = v["requery_runs_s"].as_array().unwrap();
+        assert_eq!(requeries.len(), 2, "{v}");
+        assert!(
+            requeries.iter().all(|r| r.as_array().unwrap().len() == 3),
+            "{v}"
+        );
         for k in [
             "encode_s_per_image",
             "prefill_s",
@@ -184,6 +194,8 @@ fn bench_tiny_prints_json() {
             assert!(v["load_s"].as_f64().is_some(), "{v}");
             let top1 = v["fidelity_vs_f32"]["top1_agreement"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&top1), "{v}");
+            // Four image-and-prompt sets of 37 positions.
+            assert_eq!(v["fidelity_vs_f32"]["positions"], 148, "{v}");
         }
     }
     // With nowhere to write the converted model, the bench says so and times it in process

@@ -5,6 +5,7 @@
 #   tests/reference/bench_side_by_side.sh 3b /path/to/venv/bin/python /path/to/mpt_redpajama
 # FORMATS="f32 q8_0" limits the formats; THREADS (default 2) sets the threads of both sides;
 # KEEP=folder keeps each side's JSON there (every figure, the cold caption's parts too).
+# Cold captions and re-queries are run 3 times (REPEATS) and shown as their median [range].
 set -euo pipefail
 shape=${1:-tiny}; py=${2:-python3}; code=${3:?folder with MosaicGPT remote code}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,7 +15,8 @@ out=${KEEP:-$(mktemp -d)}
 mkdir -p "$out"
 for f in ${FORMATS:-f32 f16 q8_0 q4k}; do
   echo "== flamingo bench --shape $shape --dtype $f" >&2
-  "$bin" bench --shape "$shape" --threads "$threads" --dtype "$f" >"$out/$f.json"
+  "$bin" bench --shape "$shape" --threads "$threads" --dtype "$f" --repeats "${REPEATS:-3}" \
+    >"$out/$f.json"
 done
 echo "== PyTorch reference" >&2
 "$py" "$root/tests/reference/bench_reference.py" --shape "$shape" --threads "$threads" \
@@ -49,10 +51,19 @@ for f, r in rows:
         if k == "cold_caption_s" and "cold_caption_parts_s" in r:
             # Its images, prompt and tokens.
             v += " (" + " + ".join(f"{p:.2f}" for p in r["cold_caption_parts_s"]) + ")"
+        if k == "cold_caption_s" and len(r.get("cold_caption_runs_s", [])) > 1:
+            # The median run's figure above; every run's range here.
+            runs = r["cold_caption_runs_s"]
+            v += f" [{min(runs):.2f}-{max(runs):.2f}]"
         cells.append(v)
     # The floor of a re-query: the query's encode plus the final prompt alone.
     floor = r["requery_encode_s"] + r["requery_final_prefill_s"]
-    cells.append(f"{r['requery_ttft_s'] / floor:.2f}x")
+    ratio = f"{r['requery_ttft_s'] / floor:.2f}x"
+    if len(r.get("requery_runs_s", [])) > 1:
+        # Each run's time to first token over its own floor.
+        each = [q[0] / (q[1] + q[2]) for q in r["requery_runs_s"]]
+        ratio += f" [{min(each):.2f}-{max(each):.2f}]"
+    cells.append(ratio)
     w = r.get("weights_bytes")
     cells += [f"{w / 1e9:.2f}", f"{r['peak_rss_bytes'] / w:.2f}x"] if w else ["", ""]
     print("| " + " | ".join(cells) + " | " + " | ".join(fid(r)) + " |")
