@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::model::dcpu;
 use crate::model::mapped::FilePages;
 use crate::model::ops::Activation;
 use crate::model::qcpu::{self, Packed};
@@ -315,6 +316,10 @@ impl Linear {
 
     fn forward_and(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         let y = match &self.weight {
+            // A few rows (decoding, a short prompt): each weight row read once, in place.
+            Weight::Dense(w) | Weight::Matmul(QMatMul::TensorF16(w)) if dcpu::takes(x, w) => {
+                dcpu::matmul(x, w)?
+            }
             Weight::Dense(w) => x.matmul(&transposed_for(w, x)?)?,
             // On a GPU an f16 weight multiplies in f16 (tensor cores, half the bytes read);
             // candle's own path would cast the whole weight to f32 on every call.

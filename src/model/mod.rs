@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod converted;
+pub mod dcpu;
 pub mod linear;
 pub mod lm;
 pub mod loader;
