@@ -41,25 +41,6 @@ impl WeightFormat {
             .into_iter()
             .find(|f| f.name().eq_ignore_ascii_case(s))
     }
-
-    /// The format of the layer kept under `key` in a model of this format: the output
-    /// projection (the logits) stays f16 in the quantized formats, as llama.cpp keeps its
-    /// output layer finer than the rest. On random 3B weights, whose logits have tiny margins,
-    /// quantizing that one layer to q8_0 had changed 5.4 % of the greedy picks on its own; f16
-    /// costs 0.1 GB more read per token than q8_0.
-    pub fn for_layer(self, key: &str) -> Self {
-        match self {
-            Self::Q8_0 | Self::Q4K if is_output_projection(key) => Self::F16,
-            other => other,
-        }
-    }
-}
-
-/// The key of the tied output projection of the decoder (under its section's prefix).
-pub const OUTPUT_PROJECTION_KEY: &str = "lm_head.tied";
-
-fn is_output_projection(key: &str) -> bool {
-    key.ends_with(OUTPUT_PROJECTION_KEY)
 }
 
 #[derive(Clone, Debug)]
@@ -122,9 +103,6 @@ fn split_rows(
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Weight,
-    /// The key the model cache keeps the weight under, where it decides the layer's format
-    /// ([`WeightFormat::for_layer`]).
-    key: Option<String>,
     /// The file pages a quantized weight is read from in place (see [`Linear::prepare`]).
     pages: Option<FilePages>,
     bias: Option<Tensor>,
@@ -223,7 +201,6 @@ impl Linear {
         };
         Ok(Self {
             weight,
-            key: None,
             pages,
             bias,
             in_dim: dims.1,
@@ -261,9 +238,7 @@ impl Linear {
         make: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Self> {
         let w = vb.derived_linear_weight(key, &[out_dim, in_dim], make)?;
-        let mut layer = Self::from_weight(w, None)?;
-        layer.key = Some(key.to_string());
-        Ok(layer)
+        Self::from_weight(w, None)
     }
 
     pub fn dims(&self) -> (usize, usize) {
@@ -275,16 +250,10 @@ impl Linear {
         let Weight::Dense(w) = &self.weight else {
             return Ok(());
         };
-        let fmt = match &self.key {
-            Some(key) => fmt.for_layer(key),
-            None => fmt,
-        };
         if fmt == WeightFormat::F32 {
             return Ok(());
         }
-        let key = self.key.take();
         *self = Self::from_weight(convert_weight(w.clone(), fmt)?, self.bias.take())?;
-        self.key = key;
         Ok(())
     }
 
@@ -466,7 +435,6 @@ mod tests {
                     QMatMul::from_qtensor(head).unwrap(),
                     QMatMul::from_qtensor(tail).unwrap(),
                 ),
-                key: None,
                 pages: None,
                 bias: None,
                 in_dim: 512,
@@ -498,30 +466,6 @@ mod tests {
         let w = Tensor::randn(0f32, 1f32, (32, 512), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
         assert!(split_rows(&q, None).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_output_projection_stays_f16_in_the_quantized_formats() {
-        use WeightFormat::*;
-        let out = format!("lm.{OUTPUT_PROJECTION_KEY}");
-        for f in [Q8_0, Q4K] {
-            assert_eq!(f.for_layer(&out), F16);
-            assert_eq!(f.for_layer("lm.transformer.blocks.0.attn.Wqkv"), f);
-        }
-        for f in [F32, F16] {
-            assert_eq!(f.for_layer(&out), f);
-        }
-        // A layer converted after loading follows the same rule.
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1f32, (40, 64), &dev).unwrap();
-        let mut head = Linear::from_weight(LinearWeight::Dense(w.clone()), None).unwrap();
-        head.key = Some(OUTPUT_PROJECTION_KEY.into());
-        head.convert(Q8_0).unwrap();
-        assert!(matches!(head.weight, Weight::Matmul(QMatMul::TensorF16(_))));
-        assert_eq!(head.key.as_deref(), Some(OUTPUT_PROJECTION_KEY));
-        let mut other = Linear::from_weight(LinearWeight::Dense(w), None).unwrap();
-        other.convert(Q8_0).unwrap();
-        assert!(matches!(other.weight, Weight::Matmul(QMatMul::QTensor(_))));
     }
 
     #[test]

@@ -370,9 +370,7 @@ fn give_back_freed_memory() {
     }
 }
 
-/// The layout of a model cache file; files of another are made again. 2: the output projection
-/// is f16 in the quantized formats.
-const MODEL_LAYOUT: &str = "flamingo-model-2";
+const MODEL_LAYOUT: &str = "flamingo-model-1";
 
 fn model_cache_layout_ok(g: &GgufFile, format: WeightFormat) -> bool {
     let s = |k: &str| match g.content.metadata.get(k) {
@@ -581,10 +579,10 @@ pub fn keep_model(
         .into_iter()
         .map(|(name, r)| {
             Ok(match r {
-                Recorded::Linear(LinearWeight::Dense(w)) => {
-                    let w = crate::model::linear::convert_weight(w, format.for_layer(&name))?;
-                    (name, Recorded::Linear(w))
-                }
+                Recorded::Linear(LinearWeight::Dense(w)) => (
+                    name,
+                    Recorded::Linear(crate::model::linear::convert_weight(w, format)?),
+                ),
                 other => (name, other),
             })
         })

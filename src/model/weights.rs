@@ -308,7 +308,7 @@ impl TensorStore {
             _ => {
                 let w = make()?;
                 self.check_shape(name, w.dims(), shape)?;
-                crate::model::linear::convert_weight(w, self.format.for_layer(name))?
+                crate::model::linear::convert_weight(w, self.format)?
             }
         };
         self.keep(name, Recorded::Linear(w.clone()));

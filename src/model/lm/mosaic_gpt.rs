@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
 use crate::model::config::MosaicGptConfig;
-use crate::model::linear::{layer_norm, HasLinears, Linear, OUTPUT_PROJECTION_KEY};
+use crate::model::linear::{layer_norm, HasLinears, Linear};
 use crate::model::ops::Activation;
 use crate::model::perceiver::split_heads;
 use crate::model::weights::Vb;
@@ -91,7 +91,7 @@ impl MosaicGpt {
             cfg: cfg.clone(),
             head: {
                 let (vocab, d) = wte.dims2()?;
-                Linear::derived(vb, OUTPUT_PROJECTION_KEY, d, vocab, || Ok(wte.clone()))?
+                Linear::derived(vb, "lm_head.tied", d, vocab, || Ok(wte.clone()))?
             },
             wte,
             blocks,
