@@ -62,6 +62,7 @@ pub fn takes(x: &Tensor, w: &Tensor) -> bool {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1).unwrap_or(1).max(1);
     available()
         && x.device().is_cpu()
+        && w.device().is_cpu()
         && x.dtype() == DType::F32
         && matches!(w.dtype(), DType::F32 | DType::F16)
         && w.rank() == 2
