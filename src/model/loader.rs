@@ -358,6 +358,24 @@ impl Flamingo {
     }
 }
 
+/// Keeps the buffers of a forward pass (up to 16 MiB each: an image's 257 x 4096 activations
+/// are 4 MiB) in the heap once freed, for the next ones to reuse. glibc's default maps any
+/// allocation above a threshold that starts at 128 KiB afresh and unmaps it when freed, so
+/// every such buffer came back as new pages that the kernel zeroed and faulted in one at a
+/// time: about 10 % of an f16 image encode's samples in a profile (with this, an f16 encode
+/// took 1.06–1.08 s instead of 1.17–1.23 s at best in interleaved probe runs, q8_0's vision
+/// tower 0.305–0.311 s instead of 0.320 s; peak RSS unchanged). Called once at the start of
+/// the program; the heap above 32 MiB free is still given back.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's thresholds; it is called before any other thread
+    // of this program starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
 /// Hands the heap memory freed so far back to the system where the allocator keeps it
 /// (glibc keeps most of a dropped model's weights, which would otherwise add to what the next
 /// one allocates).
