@@ -32,7 +32,7 @@ fn harness(data_dir: &Path) -> Harness<'static, FlamingoApp> {
         autoload: true,
         model_id: None,
         // The reference's tokens are f32's.
-        weights: Some(flamingo::model::linear::WeightFormat::F32),
+        weights: Some(flamingo::types::WeightFormat::F32),
         stable_for_snapshots: true,
         ..Default::default()
     };
@@ -57,7 +57,7 @@ fn wait_until(h: &mut Harness<'_, FlamingoApp>, what: &str, cond: impl Fn(&Flami
 
 fn ready(h: &mut Harness<'_, FlamingoApp>) {
     wait_until(h, "the model and the sample images", |a| {
-        matches!(a.model, ModelState::Ready(_)) && a.loading_images == 0
+        matches!(a.status.model, ModelState::Ready(_)) && a.loading_images == 0
     });
 }
 
@@ -86,8 +86,10 @@ fn first_launch_shows_samples_and_generates_from_the_tiny_model() {
     h.snapshot("first_launch");
 
     h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
-    let o = &h.state().output;
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    let o = &h.state().status.output;
     assert!(
         o.tokens > 0 && o.first_token_s.is_some(),
         "tokens streamed in: {o:?}"
@@ -100,8 +102,10 @@ fn examples_are_prepared_ahead_and_the_caption_is_the_same_without() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());
     ready(&mut h);
-    wait_until(&mut h, "the work done ahead", |a| a.prepared.is_some());
-    let p = h.state().prepared.unwrap();
+    wait_until(&mut h, "the work done ahead", |a| {
+        a.status.prepared.is_some()
+    });
+    let p = h.state().status.prepared.unwrap();
     assert_eq!(
         p.images_encoded, 4,
         "three sample examples and the query: {p:?}"
@@ -109,16 +113,20 @@ fn examples_are_prepared_ahead_and_the_caption_is_the_same_without() {
     assert!(p.prefix_tokens > 0, "{p:?}");
 
     // A caption edited: prepared again; the images are known, the examples' prompt runs.
-    h.state_mut().prepared = None;
+    h.state_mut().status.prepared = None;
     h.state_mut().ws.examples[0].text.caption = "A cat.".into();
     h.state_mut().mark_dirty();
-    wait_until(&mut h, "the work done ahead", |a| a.prepared.is_some());
-    let p = h.state().prepared.unwrap();
+    wait_until(&mut h, "the work done ahead", |a| {
+        a.status.prepared.is_some()
+    });
+    let p = h.state().status.prepared.unwrap();
     assert_eq!(p.images_encoded, 0, "{p:?}");
     assert!(p.prefix_tokens > 0, "{p:?}");
     h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
-    let ahead = h.state().output.raw.clone();
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    let ahead = h.state().status.output.raw.clone();
 
     // The same working set with work-ahead off: nothing prepared, the same caption.
     let dir = tempfile::tempdir().unwrap();
@@ -127,9 +135,11 @@ fn examples_are_prepared_ahead_and_the_caption_is_the_same_without() {
     ready(&mut h);
     h.state_mut().ws.examples[0].text.caption = "A cat.".into();
     h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
-    assert!(h.state().prepared.is_none());
-    assert_eq!(h.state().output.raw, ahead);
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    assert!(h.state().status.prepared.is_none());
+    assert_eq!(h.state().status.output.raw, ahead);
     assert!(!ahead.is_empty());
 }
 
@@ -152,7 +162,7 @@ fn compute_threads_and_work_ahead_are_settings() {
     click_in_menu(&mut h, "auto");
     assert_eq!(
         h.state().settings.threads,
-        Some(flamingo::engine::default_threads()),
+        Some(flamingo::platform::default_threads()),
         "a number, starting from the automatic one"
     );
     click_in_menu(
@@ -236,9 +246,11 @@ fn drops_typing_generate_stop_and_a_corrupt_file() {
     // Generate streams the reference's tokens (6 new tokens, greedy).
     h.state_mut().settings.max_new_tokens = 6;
     h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| a.output.state == RunState::Done);
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
     assert_eq!(
-        h.state().output.raw,
+        h.state().status.output.raw,
         want["generated_text"].as_str().unwrap()
     );
 
@@ -247,9 +259,11 @@ fn drops_typing_generate_stop_and_a_corrupt_file() {
     h.get_by_label("Generate").click();
     h.step();
     h.get_by_label("Stop").click();
-    wait_until(&mut h, "the stop", |a| a.output.state != RunState::Running);
-    assert_eq!(h.state().output.state, RunState::Stopped);
-    assert!(h.state().output.tokens < 1900);
+    wait_until(&mut h, "the stop", |a| {
+        a.status.output.state != RunState::Running
+    });
+    assert_eq!(h.state().status.output.state, RunState::Stopped);
+    assert!(h.state().status.output.tokens < 1900);
 
     // A file that is not an image: a visible message, nothing else changes.
     let bad = dir.path().join("holiday.png");
@@ -356,7 +370,7 @@ fn without_a_model_it_says_what_to_do() {
         .with_size(egui::vec2(1180.0, 760.0))
         .build_eframe(move |cc| FlamingoApp::new(cc, opts));
     wait_until(&mut h, "the load failure", |a| {
-        matches!(a.model, ModelState::Failed { .. }) && a.loading_images == 0
+        matches!(a.status.model, ModelState::Failed { .. }) && a.loading_images == 0
     });
     assert!(h
         .query_all_by_label_contains("could not be loaded")
@@ -440,8 +454,16 @@ fn ranking_candidates_in_the_app_matches_the_reference() {
             .join("\n");
         app.apply(Command::Score);
     }
-    wait_until(&mut h, "the ranking", |a| a.output.state == RunState::Done);
-    let got: Vec<String> = h.state().ranked.iter().map(|(t, _)| t.clone()).collect();
+    wait_until(&mut h, "the ranking", |a| {
+        a.status.output.state == RunState::Done
+    });
+    let got: Vec<String> = h
+        .state()
+        .status
+        .ranked
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
     let mut want: Vec<(f64, String)> = cands
         .iter()
         .filter(|c| c["candidate"] != " two  spaces")
@@ -477,12 +499,12 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
         .build_eframe(move |cc| FlamingoApp::new(cc, opts));
     // Nothing is fetched before the user asks: gigabytes wait for a click.
     h.step();
-    assert!(matches!(h.state().model, ModelState::NotLoaded));
+    assert!(matches!(h.state().status.model, ModelState::NotLoaded));
     assert_eq!(server.gets(), 0);
     h.get_by_label_contains("Download (~11 GB) and load")
         .click();
     wait_until(&mut h, "download progress", |a| {
-        a.download.as_ref().is_some_and(|d| d.file_done > 0)
+        a.status.download.as_ref().is_some_and(|d| d.file_done > 0)
     });
     assert!(h
         .query_all_by_label_contains("Downloading ")
@@ -490,13 +512,13 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
         .is_some());
     h.get_by_label("Cancel download").click();
     wait_until(&mut h, "the cancelled load", |a| {
-        matches!(a.model, ModelState::Failed { .. })
+        matches!(a.status.model, ModelState::Failed { .. })
     });
     assert!(h
         .query_all_by_label_contains("download cancelled")
         .next()
         .is_some());
-    assert!(h.state().download.is_none());
+    assert!(h.state().status.download.is_none());
 
     // Retry fetches the rest (at full speed) and the model loads from the new cache.
     server
@@ -505,7 +527,7 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
         .store(0, std::sync::atomic::Ordering::SeqCst);
     h.get_by_label("Retry").click();
     wait_until(&mut h, "the downloaded model", |a| {
-        matches!(a.model, ModelState::Ready(_))
+        matches!(a.status.model, ModelState::Ready(_))
     });
     assert!(flamingo::hub::resolve_in(
         cache.path(),

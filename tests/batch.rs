@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use flamingo::generate::{generate, generate_batch, BatchItem, GenerateOptions, GenerationConfig};
+use flamingo::generate::{decode_batch, GenerateOptions, GenerationConfig};
 use flamingo::hub::{registry, resolve_in};
-use flamingo::model::Flamingo;
+use flamingo::pipeline::batched_prompt;
 use flamingo::text::prompt::{caption_prompt, Templates};
 use flamingo::text::TextTokenizer;
 
@@ -26,7 +26,7 @@ fn check(set: &str, config: GenerationConfig) {
     let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
     let files = resolve_in(&hub(set), spec).unwrap();
     let tok = TextTokenizer::from_file(&files.tokenizer).unwrap();
-    let model = Flamingo::load(&files, tok.media_id, &Device::Cpu).unwrap();
+    let model = flamingo::store::build::load(&files, tok.media_id, &Device::Cpu).unwrap();
     let t = Templates::default();
     let cases: Vec<(String, Tensor)> = vec![
         (caption_prompt(&t, &[]).unwrap(), pixels(&["astronaut.png"])),
@@ -51,17 +51,16 @@ fn check(set: &str, config: GenerationConfig) {
         keep_logits: true,
     };
     let cancel = AtomicBool::new(false);
-    let items: Vec<BatchItem> = cases
+    let rows: Vec<(Tensor, &[u32])> = cases
         .iter()
         .zip(&ids)
-        .map(|((_, px), ids)| BatchItem {
-            pixels: Some(px),
-            prompt_ids: ids,
-        })
+        .map(|((_, px), ids)| (model.encode_images(px).unwrap(), ids.as_slice()))
         .collect();
-    let batch = generate_batch(&model, &items, &opts, tok.pad_id, &cancel).unwrap();
+    let (mut session, logits) = batched_prompt(&model, &rows, tok.pad_id).unwrap();
+    let prompts: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let batch = decode_batch(&mut session, &logits, &prompts, &opts, tok.pad_id, &cancel).unwrap();
     for (i, ((_, px), ids)) in cases.iter().zip(&ids).enumerate() {
-        let one = generate(&model, Some(px), ids, &opts, &cancel, |_| {}).unwrap();
+        let one = generate(&model, px, ids, &opts);
         assert_eq!(batch[i].tokens, one.tokens, "{set} row {i}: tokens");
         for (a, b) in batch[i].step_logits.iter().zip(&one.step_logits) {
             let a = Tensor::new(a.as_slice(), &Device::Cpu).unwrap();

@@ -12,10 +12,10 @@ use std::time::Instant;
 use candle_core::Device;
 use common::*;
 use flamingo::hub::{registry, resolve_in};
-use flamingo::model::converted::{ConvertCache, Source};
-use flamingo::model::linear::WeightFormat;
-use flamingo::model::weights::read_tensor_file;
 use flamingo::pipeline::Captioner;
+use flamingo::store::converted::{ConvertCache, Source};
+use flamingo::store::read_tensor_file;
+use flamingo::types::WeightFormat;
 
 fn tokens(c: &Captioner) -> Vec<u32> {
     c.caption(
@@ -30,10 +30,16 @@ fn tokens(c: &Captioner) -> Vec<u32> {
 
 fn load(hub_dir: &Path, convert: &Path) -> (Captioner, f64) {
     let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
-    let mut files = resolve_in(hub_dir, spec).unwrap();
-    files.convert = Some(ConvertCache::new(convert));
+    let files = resolve_in(hub_dir, spec).unwrap();
     let t0 = Instant::now();
-    let c = Captioner::from_files(spec, files, &Device::Cpu, WeightFormat::F32).unwrap();
+    let c = Captioner::from_files_with(
+        spec,
+        files,
+        &Device::Cpu,
+        WeightFormat::F32,
+        Some(ConvertCache::new(convert)),
+    )
+    .unwrap();
     (c, t0.elapsed().as_secs_f64())
 }
 
@@ -65,12 +71,17 @@ fn pickled_weights_are_converted_once_and_reused() {
         .unwrap()
         .media_id;
     let best_load = |convert: Option<ConvertCache>| {
-        let mut f = files.clone();
-        f.convert = convert;
         (0..5)
             .map(|_| {
                 let t0 = Instant::now();
-                flamingo::model::Flamingo::load(&f, media, &Device::Cpu).unwrap();
+                flamingo::store::build::load_as(
+                    &files,
+                    media,
+                    &Device::Cpu,
+                    WeightFormat::F32,
+                    convert.as_ref(),
+                )
+                .unwrap();
                 t0.elapsed().as_secs_f64()
             })
             .fold(f64::MAX, f64::min)
@@ -168,10 +179,16 @@ fn load_as(hub_dir: &Path, convert: &Path, fmt: WeightFormat) -> (Captioner, f64
 /// Loads in `fmt`, with the app's caches in `convert` (None: no caches, converted in memory).
 fn load_with(hub_dir: &Path, convert: Option<&Path>, fmt: WeightFormat) -> (Captioner, f64) {
     let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
-    let mut files = resolve_in(hub_dir, spec).unwrap();
-    files.convert = convert.map(ConvertCache::new);
+    let files = resolve_in(hub_dir, spec).unwrap();
     let t0 = Instant::now();
-    let c = Captioner::from_files(spec, files, &Device::Cpu, fmt).unwrap();
+    let c = Captioner::from_files_with(
+        spec,
+        files,
+        &Device::Cpu,
+        fmt,
+        convert.map(ConvertCache::new),
+    )
+    .unwrap();
     (c, t0.elapsed().as_secs_f64())
 }
 

@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use candle_core::{Device, Tensor};
 use common::*;
-use flamingo::generate::{generate, GenerateOptions, GenerationConfig};
+use flamingo::generate::{GenerateOptions, GenerationConfig};
 use flamingo::hub::{registry, resolve_in};
-use flamingo::model::linear::WeightFormat;
-use flamingo::model::Flamingo;
 use flamingo::text::TextTokenizer;
+use flamingo::types::WeightFormat;
 
 #[test]
 fn every_format_runs_and_stays_close_to_the_reference() {
@@ -42,7 +39,7 @@ fn every_format_runs_and_stays_close_to_the_reference() {
         // kernels run those and the q4k ones moves the figure by that much.)
         (WeightFormat::Q4K, 0.985),
     ] {
-        let mut model = Flamingo::load(&files, tok.media_id, &Device::Cpu).unwrap();
+        let mut model = flamingo::store::build::load(&files, tok.media_id, &Device::Cpu).unwrap();
         model.convert_weights(fmt).unwrap();
         // The copies the kernels read, as the app makes them (q8_0: our own kernels).
         model.prepare_weights().unwrap();
@@ -70,15 +67,7 @@ fn every_format_runs_and_stays_close_to_the_reference() {
             suppress: vec![tok.media_id],
             keep_logits: false,
         };
-        let g = generate(
-            &model,
-            Some(&pixels),
-            &prompt,
-            &opts,
-            &AtomicBool::new(false),
-            |_| {},
-        )
-        .unwrap();
+        let g = generate(&model, &pixels, &prompt, &opts);
         assert_eq!(g.tokens.len(), 4);
     }
 }

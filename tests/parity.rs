@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use flamingo::generate::{generate, GenerateOptions, GenerationConfig};
+use flamingo::generate::{GenerateOptions, GenerationConfig};
 use flamingo::hub::{registry, resolve_in};
 use flamingo::model::Flamingo;
 use flamingo::text::prompt::{caption_prompt, Templates};
@@ -25,7 +25,7 @@ fn load(set: &str) -> Loaded {
     let spec = registry::find(registry::DEFAULT_MODEL).unwrap();
     let files = resolve_in(&hub(set), spec).unwrap();
     let tok = TextTokenizer::from_file(&files.tokenizer).unwrap();
-    let model = Flamingo::load(&files, tok.media_id, &Device::Cpu).unwrap();
+    let model = flamingo::store::build::load(&files, tok.media_id, &Device::Cpu).unwrap();
     Loaded { model, tok }
 }
 
@@ -103,15 +103,7 @@ fn check_case(l: &Loaded, tag: &str) {
         suppress: vec![l.tok.media_id],
         keep_logits: true,
     };
-    let g = generate(
-        &l.model,
-        Some(&pixels),
-        &prompt_ids,
-        &opts,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
+    let g = generate(&l.model, &pixels, &prompt_ids, &opts);
     assert_eq!(
         g.tokens,
         ids(&info["generated_token_ids"]),
@@ -181,14 +173,10 @@ fn check_scores(l: &Loaded, tag: &str) {
         assert_eq!(got, &ids(&c["candidate_token_ids"]), "{tag}: candidate ids");
     }
     let pixels = case_pixels(&info);
-    let scores = flamingo::generate::score::score_candidates(
-        &l.model,
-        Some(&pixels),
-        &prompt_ids,
-        &ids_of,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let (session, logits) = run_prompt(&l.model, &pixels, &prompt_ids);
+    let scores =
+        flamingo::generate::score::score_after(&session, &logits, &ids_of, &AtomicBool::new(false))
+            .unwrap();
     for (c, s) in cands.iter().zip(&scores) {
         // The reference's loss is the mean cross-entropy over the candidate's tokens.
         let want = -c["loss"].as_f64().unwrap() * c["n_tokens"].as_f64().unwrap();
@@ -238,10 +226,12 @@ fn check_beams(l: &Loaded, file: &str) {
             max_new_tokens: c["max_new_tokens"].as_u64().unwrap() as usize,
             min_new_tokens: 0,
         };
+        let prompt_ids = l.tok.encode(&prompt).unwrap();
+        let (session, logits) = run_prompt(&l.model, &case_pixels(c), &prompt_ids);
         let out = beam_search(
-            &l.model,
-            Some(&case_pixels(c)),
-            &l.tok.encode(&prompt).unwrap(),
+            session,
+            &logits,
+            &prompt_ids,
             &cfg,
             l.tok.eoc_id,
             &[],

@@ -5,8 +5,8 @@ mod common;
 
 use candle_core::Device;
 use common::*;
+use flamingo::image::preprocess_file;
 use flamingo::model::config::{CLIP_MEAN, CLIP_STD};
-use flamingo::model::preprocess::preprocess_file;
 
 #[test]
 fn pixels_within_two_levels_of_pil() {

@@ -93,7 +93,7 @@ fn load(job: Job) -> Loaded {
         },
         Source::Bytes { bytes, .. } => bytes.clone(),
     };
-    match crate::model::preprocess::decode_rgb(&bytes, &name) {
+    match crate::image::decode_rgb(&bytes, &name) {
         Ok(rgb) => {
             let size = [rgb.width(), rgb.height()];
             let t = fit(&rgb);

@@ -47,7 +47,7 @@ pub struct Settings {
     /// Weight format the model is loaded in. The app defaults to q8_0: about 4x faster
     /// decoding and 2x faster image encoding than f32 on a laptop CPU for a logit cosine
     /// above 0.999 (README, "Weight formats and caches"); f32 stays one click away.
-    pub weights: crate::model::linear::WeightFormat,
+    pub weights: crate::types::WeightFormat,
     /// Encode the examples' images and run their prompt in the background while the user
     /// edits, so that Generate starts from there.
     pub prepare_ahead: bool,
@@ -61,7 +61,7 @@ impl Default for Settings {
             threads: None,
             recent_sets: Vec::new(),
             generation: Default::default(),
-            weights: crate::model::linear::WeightFormat::Q8_0,
+            weights: crate::types::WeightFormat::Q8_0,
             prepare_ahead: true,
         }
     }
@@ -245,4 +245,4 @@ pub fn set_from_json(text: &str) -> Result<LoadedSet, String> {
     })
 }
 
-pub use crate::fsutil::write_atomic;
+pub use crate::platform::write_atomic;

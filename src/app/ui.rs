@@ -102,9 +102,9 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             })
             .response
             .labelled_by(model_label.id);
-        match &app.model {
+        match &app.status.model {
             ModelState::NotLoaded => {
-                let label = match app.download_needed {
+                let label = match app.status.download_needed {
                     Some(gb) => format!("Download (~{gb:.0} GB) and load"),
                     None => "Load".to_string(),
                 };
@@ -112,7 +112,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                     cmds.push(Command::LoadModel(current.clone()));
                 }
             }
-            ModelState::Loading(_) => match &app.download {
+            ModelState::Loading(_) => match &app.status.download {
                 Some(d) => {
                     let frac = if d.file_total > 0 {
                         d.file_done as f32 / d.file_total as f32
@@ -153,7 +153,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         egui::ComboBox::from_id_salt("weights")
             .selected_text(fmt.name())
             .show_ui(ui, |ui| {
-                for f in crate::model::linear::WeightFormat::ALL {
+                for f in crate::types::WeightFormat::ALL {
                     ui.selectable_value(&mut fmt, f, f.name());
                 }
             })
@@ -166,7 +166,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         }
         ui.separator();
         ui.label("Device");
-        let device = match &app.model {
+        let device = match &app.status.model {
             ModelState::Ready(info) => info.device.clone(),
             _ => device_label().to_string(),
         };
@@ -185,7 +185,7 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         ui.add(egui::DragValue::new(&mut app.settings.max_new_tokens).range(1..=2000))
             .labelled_by(max_label.id);
     });
-    if let ModelState::Failed { model_id, error } = &app.model {
+    if let ModelState::Failed { model_id, error } = &app.status.model {
         ui.colored_label(
             Color32::from_rgb(240, 120, 100),
             format!("{model_id} could not be loaded: {error}"),
@@ -259,7 +259,7 @@ fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
 /// Compute threads: automatic (every core but one, left to the window) or a
 /// number; the model's thread pool is made once, so a change applies at the next start.
 fn threads_setting(threads: &mut Option<usize>, ui: &mut Ui) {
-    let cores = crate::engine::cores();
+    let cores = crate::platform::cores();
     ui.horizontal(|ui| {
         let label = ui.label("Compute threads");
         let mut auto = threads.is_none();
@@ -267,14 +267,14 @@ fn threads_setting(threads: &mut Option<usize>, ui: &mut Ui) {
             .checkbox(&mut auto, "auto")
             .on_hover_text(format!(
                 "{} of this machine's {cores} cores: one is left to the window",
-                crate::engine::default_threads()
+                crate::platform::default_threads()
             ))
             .changed()
         {
             *threads = if auto {
                 None
             } else {
-                Some(crate::engine::default_threads())
+                Some(crate::platform::default_threads())
             };
         }
         if let Some(n) = threads.as_mut() {
@@ -488,7 +488,7 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
             }
             ui.horizontal(|ui| {
                 let running = app.is_running();
-                let ready = matches!(app.model, ModelState::Ready(_));
+                let ready = matches!(app.status.model, ModelState::Ready(_));
                 if ui
                     .add_enabled(
                         !running && ready,
@@ -512,7 +512,7 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
 
 fn output_area(app: &mut FlamingoApp, ui: &mut Ui, _cmds: &mut [Command]) {
     ui.heading("Output");
-    let o = &app.output;
+    let o = &app.status.output;
     let state = match &o.state {
         RunState::Idle => "".to_string(),
         RunState::Running => "generating…".to_string(),
@@ -548,13 +548,13 @@ fn ranking(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                 .desired_width(f32::INFINITY)
                 .hint_text("a cat\na dog\nan astronaut"),
         );
-        let ready = matches!(app.model, ModelState::Ready(_)) && !app.is_running();
+        let ready = matches!(app.status.model, ModelState::Ready(_)) && !app.is_running();
         if ui.add_enabled(ready, egui::Button::new("Rank")).clicked() {
             cmds.push(Command::Score);
         }
-        if !app.ranked.is_empty() {
+        if !app.status.ranked.is_empty() {
             egui::Grid::new("ranked").striped(true).show(ui, |ui| {
-                for (i, (text, lp)) in app.ranked.iter().enumerate() {
+                for (i, (text, lp)) in app.status.ranked.iter().enumerate() {
                     ui.label(format!("{}.", i + 1));
                     ui.label(format!("{lp:.3}"));
                     ui.label(text);
@@ -571,7 +571,7 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         match &prompt {
             Ok(p) => {
                 let count = app.prompt_token_count(p);
-                let ctx_len = match &app.model {
+                let ctx_len = match &app.status.model {
                     ModelState::Ready(i) => Some(i.context_len),
                     _ => None,
                 };
@@ -666,7 +666,7 @@ fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
         return;
     }
     ui.horizontal(|ui| {
-        let o = &app.output;
+        let o = &app.status.output;
         if let Some(t) = &o.timings {
             ui.label(format!("image encode {:.2} s", t.encode_s));
             ui.separator();
@@ -687,6 +687,7 @@ fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
             }
         }
         if let Some(p) = app
+            .status
             .prepared
             .filter(|p| p.images_encoded + p.prefix_tokens > 0)
         {
@@ -699,7 +700,7 @@ fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
             ));
             ui.separator();
         }
-        if let Some(rss) = crate::cli::bench::rss_bytes() {
+        if let Some(rss) = crate::platform::rss_bytes() {
             ui.label(format!("memory {:.2} GB", rss as f64 / 1e9));
             ui.separator();
         }

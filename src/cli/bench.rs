@@ -6,12 +6,16 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::generate::{generate, GenerateOptions, GenerationConfig};
-use crate::model::config::{LmConfig, MosaicGptConfig, VisionConfig};
-use crate::model::linear::WeightFormat;
-use crate::model::loader::{keep_model, random_model};
-use crate::model::weights::Recorded;
+use crate::generate::{decode, GenerateOptions, Generated, GenerationConfig};
+use crate::model::config::VisionConfig;
+use crate::model::lm::mosaic_gpt::MosaicGptConfig;
+use crate::model::lm::LmConfig;
 use crate::model::Flamingo;
+use crate::platform::peak_rss_bytes;
+use crate::store::build::from_model_cache;
+use crate::store::random::{keep_model, random_model};
+use crate::store::Recorded;
+use crate::types::WeightFormat;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -24,15 +28,15 @@ pub struct BenchArgs {
     /// Images encoded for the per-image figure.
     #[arg(long, default_value_t = 3)]
     pub images: usize,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Weight format: f32, f16, q8_0 or q4k. Other than f32, the fidelity against f32 on the
-    /// same weights is reported too.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4k"])]
-    pub dtype: String,
-    /// `auto` (the GPU this build was made for when one is present, else the CPU) or `cpu`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu"])]
-    pub device: String,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Weight format. Other than f32, the fidelity against f32 on the same weights is
+    /// reported too.
+    #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
+    pub dtype: WeightFormat,
+    /// `auto`: the GPU this build was made for when one is present, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// Cold captions and re-queries timed; the figures are their medians (every run is in the
     /// JSON too). This host's memory bandwidth changes from one half-minute to the next, and a
     /// single run can land in a slow spell.
@@ -43,7 +47,15 @@ pub struct BenchArgs {
     pub kept: Option<PathBuf>,
 }
 
-pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+}
+
+/// The vision tower, the language model and the cross-attention interval of a named shape.
+pub fn shapes(name: &str) -> Option<(VisionConfig, LmConfig, usize)> {
+    let lm = |c: MosaicGptConfig| LmConfig(std::sync::Arc::new(c));
     match name {
         "tiny" => Some((
             VisionConfig {
@@ -52,24 +64,17 @@ pub fn shapes(name: &str) -> Option<(VisionConfig, MosaicGptConfig, usize)> {
                 head_width: 32,
                 ..VisionConfig::vit_l14()
             },
-            MosaicGptConfig {
+            lm(MosaicGptConfig {
                 d_model: 32,
                 n_heads: 4,
                 n_layers: 4,
                 ..MosaicGptConfig::mpt_1b()
-            },
+            }),
             1,
         )),
-        "3b" => Some((VisionConfig::vit_l14(), MosaicGptConfig::mpt_1b(), 1)),
+        "3b" => Some((VisionConfig::vit_l14(), lm(MosaicGptConfig::mpt_1b()), 1)),
         _ => None,
     }
-}
-
-fn proc_status_bytes(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Image-and-prompt sets the fidelity is measured on: 4 x 37 positions. With random weights
@@ -136,16 +141,6 @@ pub fn compare(reference: &Tensor, other: &Tensor) -> anyhow::Result<serde_json:
     }))
 }
 
-/// Peak resident memory of this process, bytes (Linux; None elsewhere).
-pub fn peak_rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Resident memory of this process now, bytes (Linux; None elsewhere).
-pub fn rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmRSS:")
-}
-
 /// A 37-token two-shot prompt shape: `<image>` at the start of each of three chunks.
 pub fn two_shot_prompt(media_id: u32, eoc_id: u32) -> Vec<u32> {
     prompt_variant(media_id, eoc_id, 0)
@@ -181,7 +176,7 @@ fn record_bytes(record: &[(String, Recorded)]) -> usize {
         .iter()
         .filter(|(n, _)| seen.insert(n.as_str()))
         .map(|(_, r)| match r {
-            Recorded::Plain(t) => crate::model::linear::tensor_bytes(t),
+            Recorded::Plain(t) => crate::nn::linear::tensor_bytes(t),
             Recorded::Linear(w) => w.bytes(),
         })
         .sum()
@@ -193,20 +188,17 @@ fn record_bytes(record: &[(String, Recorded)]) -> usize {
 /// (quantized weights read in place) and does the timings, so that its peak memory is the
 /// app's.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    super::configure_threads(a.threads);
-    let (vcfg, lcfg, every) = shapes(&a.shape)
+    let (vcfg, lm_cfg, every) = shapes(&a.shape)
         .ok_or_else(|| anyhow::anyhow!("unknown shape `{}` (use tiny or 3b)", a.shape))?;
-    let (device, device_label) = if a.device == "cpu" {
-        (Device::Cpu, "CPU".to_string())
-    } else {
-        crate::engine::pick_device()
+    let (device, device_label) = match a.device {
+        DeviceArg::Cpu => (Device::Cpu, "CPU".to_string()),
+        DeviceArg::Auto => crate::platform::pick_device(),
     };
-    let fmt = WeightFormat::parse(&a.dtype).unwrap_or_default();
+    let fmt = a.dtype;
     let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
-    let lm_cfg = LmConfig::MosaicGpt(lcfg.clone());
     if let Some(path) = &a.kept {
         let t = Instant::now();
-        let mut model = Flamingo::from_model_cache(path, &vcfg, &lm_cfg, media, &device, fmt)?;
+        let mut model = from_model_cache(path, &vcfg, &lm_cfg, media, &device, fmt)?;
         model.prepare_weights()?;
         device.synchronize()?;
         let load_s = t.elapsed().as_secs_f64();
@@ -221,7 +213,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let t0 = Instant::now();
-    let (model, record) = random_model(&vcfg, &lcfg, every, vocab, media, &device)?;
+    let (model, record) = random_model(
+        &vcfg,
+        &lm_cfg,
+        every,
+        vocab,
+        media,
+        &device,
+        WeightFormat::F32,
+        true,
+    )?;
     // The timings, the time to build the model and its fidelity against f32.
     let (mut out, build_s, fidelity) = if fmt == WeightFormat::F32 {
         let build_s = t0.elapsed().as_secs_f64();
@@ -249,8 +250,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 if let Ok(f) = std::fs::File::open(&file.0) {
                     let _ = f.sync_all();
                 }
-                let mut kept =
-                    Flamingo::from_model_cache(&file.0, &vcfg, &lm_cfg, media, &device, fmt)?;
+                let mut kept = from_model_cache(&file.0, &vcfg, &lm_cfg, media, &device, fmt)?;
                 // Measured on the kernels that the timings and the app use.
                 kept.prepare_weights()?;
                 let fidelity = compare(&reference, &prompt_logits(&kept, &sets)?)?;
@@ -259,8 +259,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
             Err(e) => {
                 // No room for the file (TMPDIR picks another folder): convert and time here.
-                eprintln!(
-                    "note: could not write the converted model to {} ({e}); timing it in this \
+                tracing::warn!(
+                    "could not write the converted model to {} ({e}); timing it in this \
                      process, whose peak RSS includes the f32 weights",
                     file.0.display()
                 );
@@ -300,8 +300,13 @@ fn time_in_child(
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("bench")
+        .args(["--shape", &a.shape, "--dtype", a.dtype.name()])
         .args([
-            "--shape", &a.shape, "--dtype", &a.dtype, "--device", &a.device,
+            "--device",
+            match a.device {
+                DeviceArg::Auto => "auto",
+                DeviceArg::Cpu => "cpu",
+            },
         ])
         .args(["--tokens", &a.tokens.to_string()])
         .args(["--images", &a.images.to_string()])
@@ -378,7 +383,7 @@ fn timings(
     let mut colds = Vec::new();
     let mut decode_per_token = 0.0;
     for r in 0..reps {
-        let g = generate(model, Some(&pixels), &prompt, &opts, &cancel, |_| {})?;
+        let g = cold_caption(model, &pixels, &prompt, &opts, &cancel)?;
         if r == 0 {
             decode_per_token = g.timings.decode_s / (g.tokens.len().max(2) - 1) as f64;
         }
@@ -437,8 +442,8 @@ fn timings(
     // user edited, so Generate runs the final prompt and decodes the same tokens as above.
     let t = Instant::now();
     let (mut s, logits) = final_prompt(&q)?;
-    let mut ahead = crate::generate::Generated::default();
-    crate::generate::decode_loop(
+    let mut ahead = Generated::default();
+    decode(
         &mut s,
         &logits,
         &prompt,
@@ -472,4 +477,39 @@ fn timings(
         serde_json::Value::Object(m) => Ok(m),
         _ => anyhow::bail!("timings are not a JSON object"),
     }
+}
+
+/// A caption from nothing kept: every image encoded and the whole prompt run, then decoded;
+/// the model's own operations on pixel tensors (the pipeline's images are files).
+fn cold_caption(
+    model: &Flamingo,
+    pixels: &Tensor,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Generated> {
+    let device = model.device();
+    let mut out = Generated::default();
+    let t = Instant::now();
+    let latents = (0..pixels.dim(0)?)
+        .map(|i| model.encode_images(&pixels.narrow(0, i, 1)?))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    let media = Tensor::cat(&latents, 0)?.unsqueeze(0)?;
+    device.synchronize()?;
+    out.timings.encode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut session = model.session(&media)?;
+    let logits = session.forward(&[prompt.to_vec()])?;
+    device.synchronize()?;
+    out.timings.prefill_s = t.elapsed().as_secs_f64();
+    decode(
+        &mut session,
+        &logits,
+        prompt,
+        opts,
+        cancel,
+        &mut |_| {},
+        &mut out,
+    )?;
+    Ok(out)
 }

@@ -14,9 +14,9 @@ use crate::error::Result;
 use crate::generate::beam::EarlyStopping;
 use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
-use crate::model::linear::WeightFormat;
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
-use crate::text::prompt::{preset, ShotText, Task, Templates, PRESETS};
+use crate::text::prompt::{preset, ShotText, Task, Templates};
+use crate::types::WeightFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,8 +65,8 @@ pub struct AppArgs {
     #[arg(long)]
     pub no_autoload: bool,
     /// Weight format to load the model in (default: the last one used).
-    #[arg(long, value_parser = ["f32", "f16", "q8_0", "q4k"])]
-    pub weights: Option<String>,
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightFormat>,
 }
 
 /// What makes the prompt: the model, the examples, the query, the task and the templates.
@@ -94,9 +94,9 @@ pub struct PromptArgs {
     /// The question about the query image (VQA).
     #[arg(long, default_value = "")]
     pub question: String,
-    /// Prompt style: mmpretrain (default) or open_flamingo.
-    #[arg(long, default_value = "mmpretrain")]
-    pub preset: String,
+    /// Prompt style: the seed's (mmpretrain) or open_flamingo's evaluation style.
+    #[arg(long, value_enum, default_value_t = PresetArg::Mmpretrain)]
+    pub preset: PresetArg,
     #[arg(long)]
     pub shot_template: Option<String>,
     #[arg(long)]
@@ -104,11 +104,11 @@ pub struct PromptArgs {
     #[arg(long)]
     pub zeroshot_template: Option<String>,
     /// Compute threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Weight format of the linear layers: f32, f16, q8_0 or q4k.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4k"])]
-    pub dtype: String,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Weight format of the linear layers.
+    #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
+    pub dtype: WeightFormat,
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,9 +139,9 @@ pub struct CaptionArgs {
     /// Beam scores are divided by length^length_penalty (length includes the prompt).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub length_penalty: f64,
-    /// true, false or never (transformers' meanings).
-    #[arg(long, default_value = "false", value_parser = ["true", "false", "never"])]
-    pub early_stopping: String,
+    /// transformers' meanings.
+    #[arg(long, value_enum, default_value_t = EarlyStopping::False)]
+    pub early_stopping: EarlyStopping,
     #[arg(long, default_value_t = 1)]
     pub num_return_sequences: usize,
     /// Print one JSON object instead of streaming text.
@@ -170,6 +170,24 @@ pub enum TaskArg {
     Vqa,
 }
 
+/// The named prompt styles (`crate::text::prompt::PRESETS`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresetArg {
+    #[value(name = "mmpretrain")]
+    Mmpretrain,
+    #[value(name = "open_flamingo")]
+    OpenFlamingo,
+}
+
+impl PresetArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mmpretrain => "mmpretrain",
+            Self::OpenFlamingo => "open_flamingo",
+        }
+    }
+}
+
 impl PromptArgs {
     fn task(&self) -> Task {
         match self.task {
@@ -179,13 +197,8 @@ impl PromptArgs {
     }
 
     fn templates(&self) -> anyhow::Result<Templates> {
-        let mut t = preset(&self.preset, self.task()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown preset `{}` (known: {})",
-                self.preset,
-                PRESETS.join(", ")
-            )
-        })?;
+        let mut t = preset(self.preset.name(), self.task())
+            .ok_or_else(|| anyhow::anyhow!("no preset `{}`", self.preset.name()))?;
         if let Some(x) = &self.shot_template {
             t.shot = x.clone();
         }
@@ -245,22 +258,49 @@ impl CaptionArgs {
             seed: self.seed,
             num_beams: self.num_beams,
             length_penalty: self.length_penalty,
-            early_stopping: match self.early_stopping.to_ascii_lowercase().as_str() {
-                "true" => EarlyStopping::True,
-                "never" => EarlyStopping::Never,
-                _ => EarlyStopping::False,
-            },
+            early_stopping: self.early_stopping,
             num_return_sequences: self.num_return_sequences,
         }
     }
 }
 
-/// Threads for candle's CPU kernels unless the user chose (RAYON_NUM_THREADS or --threads).
-pub fn configure_threads(requested: Option<usize>) {
-    if let Some(n) = requested {
-        // Read by candle's thread pool when it starts, which has not happened yet.
-        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+impl Cli {
+    /// The compute threads the command asks for (`--threads`), to be set before anything
+    /// else starts ([`crate::platform::configure_threads`]).
+    pub fn threads(&self) -> Option<usize> {
+        match &self.command {
+            Some(Command::Caption(a)) => a.prompt.threads.map(usize::from),
+            Some(Command::Score(a)) => a.prompt.threads.map(usize::from),
+            Some(Command::Bench(a)) => a.threads.map(usize::from),
+            _ => None,
+        }
     }
+
+    /// Whether the command opens the window.
+    pub fn is_app(&self) -> bool {
+        matches!(self.command, None | Some(Command::App(_)))
+    }
+
+    /// The app's data folder the command names (`app --data-dir`).
+    pub fn app_data_dir(&self) -> Option<PathBuf> {
+        match &self.command {
+            Some(Command::App(a)) => a.data_dir.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Diagnostics from the library go to stderr: warnings by default, more with `RUST_LOG`
+/// (e.g. `RUST_LOG=flamingo=debug`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -283,7 +323,7 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
         offline: false,
         autoload: !a.no_autoload,
         model_id: a.model,
-        weights: a.weights.as_deref().and_then(WeightFormat::parse),
+        weights: a.weights,
         stable_for_snapshots: false,
     })
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
@@ -292,7 +332,6 @@ fn app(a: AppArgs) -> anyhow::Result<()> {
 impl PromptArgs {
     /// The request (with default decoding) and a loaded model.
     fn load(&self) -> anyhow::Result<(CaptionRequest, Captioner)> {
-        configure_threads(self.threads);
         if self.task == TaskArg::Vqa && self.question.trim().is_empty() {
             anyhow::bail!("--task vqa needs --question");
         }
@@ -305,8 +344,8 @@ impl PromptArgs {
             generation: GenerationConfig::default(),
             keep_logits: false,
         };
-        let (device, _) = crate::engine::pick_device();
-        let fmt = WeightFormat::parse(&self.dtype).unwrap_or_default();
+        let (device, _) = crate::platform::pick_device();
+        let fmt = self.dtype;
         let opts = crate::hub::download::DownloadOptions::new(&crate::hub::cache_dir());
         let mut bar = progress::ProgressBar::default();
         let captioner = Captioner::load_or_download(

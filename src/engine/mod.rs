@@ -1,6 +1,7 @@
 //! The inference thread: the only door between the app and the model. Requests go in, events
 //! come out (errors in the same stream), a cancel flag is checked every decoding step, and a
-//! waker is called after every event so the UI repaints.
+//! waker is called after every event so the UI repaints. What crosses the door is plain data:
+//! the request types are re-exported here for the app.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,17 +12,24 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
 use crate::generate::Timings;
-use crate::pipeline::{CaptionRequest, Captioner};
-use crate::text::TextTokenizer;
+use crate::pipeline::Captioner;
+pub use crate::pipeline::{CaptionRequest, ImageInput, Prepared, Shot};
+use crate::types::WeightFormat;
+
+/// Counts a prompt's tokens with the loaded model's tokenizer (called on the UI thread: a
+/// tokenizer, no model).
+pub type TokenCounter = Arc<dyn Fn(&str) -> Result<usize, String> + Send + Sync>;
 
 pub type JobId = u64;
 
 pub enum Request {
     /// Load a registered model from the cache (replacing the current one), its linear layers
-    /// in `format`.
+    /// in `format`. Files the cache lacks are downloaded when `download` (and not offline);
+    /// otherwise a missing file gives [`Event::DownloadNeeded`] and the current model stays.
     Load {
         model_id: String,
-        format: crate::model::linear::WeightFormat,
+        format: WeightFormat,
+        download: bool,
     },
     Generate {
         job: JobId,
@@ -57,11 +65,17 @@ pub enum Event {
     Loading {
         model_id: String,
     },
+    /// The model is not (wholly) in the cache: loading it needs a download of about this
+    /// many GB, which waits for the user.
+    DownloadNeeded {
+        model_id: String,
+        download_gb: f64,
+    },
     /// Progress of fetching the model's missing files (before `Loaded`).
     Download(crate::hub::download::DownloadEvent),
     Loaded {
         info: ModelInfo,
-        tokenizer: Arc<TextTokenizer>,
+        count_tokens: TokenCounter,
     },
     LoadFailed {
         model_id: String,
@@ -89,7 +103,7 @@ pub enum Event {
         ranked: Vec<(String, f32)>,
     },
     /// A `Prepare` request ran (also when it found everything done already).
-    Prepared(crate::pipeline::Prepared),
+    Prepared(Prepared),
     Cancelled {
         job: JobId,
     },
@@ -103,6 +117,7 @@ impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Event::Loading { model_id } => write!(f, "Loading({model_id})"),
+            Event::DownloadNeeded { model_id, .. } => write!(f, "DownloadNeeded({model_id})"),
             Event::Download(e) => write!(f, "Download({e:?})"),
             Event::Loaded { info, .. } => write!(f, "Loaded({})", info.model_id),
             Event::LoadFailed { error, .. } => write!(f, "LoadFailed({error})"),
@@ -120,28 +135,15 @@ impl std::fmt::Debug for Event {
 /// Called after each event is sent (the app passes `ctx.request_repaint`).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
-/// Where models come from: the default HF cache, or a given folder (tests).
+/// Where models come from: the default HF cache, or a given folder (tests). The compute
+/// threads are set once at the start of the program ([`crate::platform::configure_threads`]).
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
     pub hub_cache: Option<std::path::PathBuf>,
-    /// Compute threads for candle; None = all cores but one ([`default_threads`]).
-    pub threads: Option<usize>,
     /// Hub address to download from; None = `HF_ENDPOINT` or huggingface.co.
     pub endpoint: Option<String>,
     /// Never download, whatever `HF_HUB_OFFLINE` says.
     pub offline: bool,
-}
-
-/// This machine's cores (1 when unknown).
-pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// Threads to compute with: every core but one, left to the UI (one on a single core).
-pub fn default_threads() -> usize {
-    cores().saturating_sub(1).max(1)
 }
 
 /// Handle held by the UI.
@@ -172,13 +174,15 @@ impl Engine {
         }
     }
 
-    /// Loads a model, downloading what the cache lacks (unless offline); `cancel` stops
-    /// the download.
-    pub fn load(&self, model_id: &str, format: crate::model::linear::WeightFormat) {
+    /// Loads a model; with `download`, what the cache lacks is downloaded first (unless
+    /// offline; [`Engine::cancel`] stops it), else a missing file gives
+    /// [`Event::DownloadNeeded`].
+    pub fn load(&self, model_id: &str, format: WeightFormat, download: bool) {
         self.cancel.store(false, Ordering::SeqCst);
         let _ = self.tx.send(Request::Load {
             model_id: model_id.to_string(),
             format,
+            download,
         });
     }
 
@@ -254,28 +258,20 @@ fn run(
     cancel: Arc<AtomicBool>,
     waker: Waker,
 ) {
-    // A number saved on a bigger machine never oversubscribes this one.
-    let threads = config
-        .threads
-        .unwrap_or_else(default_threads)
-        .clamp(1, cores());
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
     let send = |e: Event| {
         let _ = tx.send(e);
         waker();
     };
-    let (device, device_label) = pick_device();
+    let (device, device_label) = crate::platform::pick_device();
     let mut model: Option<Captioner> = None;
     while let Ok(req) = rx.recv() {
         match req {
             Request::Shutdown => break,
-            Request::Load { model_id, format } => {
-                send(Event::Loading {
-                    model_id: model_id.clone(),
-                });
-                model = None; // free the old weights first
+            Request::Load {
+                model_id,
+                format,
+                download,
+            } => {
                 let cache = config
                     .hub_cache
                     .clone()
@@ -283,6 +279,23 @@ fn run(
                 let mut opts = crate::hub::download::DownloadOptions::new(&cache);
                 opts.endpoint = config.endpoint.clone();
                 opts.offline |= config.offline;
+                // A model that would have to be downloaded (gigabytes) waits for the user;
+                // offline, the load runs so that its error says what is missing.
+                if !download && !opts.offline {
+                    let missing = crate::hub::registry::find(&model_id)
+                        .filter(|spec| crate::hub::resolve_in(&cache, spec).is_err());
+                    if let Some(spec) = missing {
+                        send(Event::DownloadNeeded {
+                            model_id,
+                            download_gb: spec.download_gb,
+                        });
+                        continue;
+                    }
+                }
+                send(Event::Loading {
+                    model_id: model_id.clone(),
+                });
+                model = None; // free the old weights first
                 let loaded = Captioner::load_or_download(
                     &opts,
                     &model_id,
@@ -300,11 +313,17 @@ fn run(
                             context_len: c.model.max_seq_len(),
                             load_s: c.load_s,
                         };
-                        let tokenizer = Arc::new(c.tokenizer.clone());
-                        send(Event::Loaded { info, tokenizer });
+                        let tokenizer = c.tokenizer.clone();
+                        let count_tokens: TokenCounter = Arc::new(move |prompt: &str| {
+                            tokenizer
+                                .encode(prompt)
+                                .map(|ids| ids.len())
+                                .map_err(|e| e.to_string())
+                        });
+                        send(Event::Loaded { info, count_tokens });
                         // While the user looks at the screen: a request sent now waits for this.
                         if let Err(e) = c.warm_up() {
-                            eprintln!("note: warm-up failed: {e}");
+                            tracing::warn!("warm-up failed: {e}");
                         }
                         model = Some(c);
                     }
@@ -395,24 +414,4 @@ fn run(
             }
         }
     }
-}
-
-/// The compute device of this build: CUDA or Metal when compiled in and present, else the CPU.
-/// Returns the device and a label for the UI.
-pub fn pick_device() -> (candle_core::Device, String) {
-    #[cfg(feature = "cuda")]
-    {
-        match candle_core::Device::new_cuda(0) {
-            Ok(d) => return (d, "CUDA".into()),
-            Err(e) => eprintln!("CUDA unavailable ({e}); using the CPU"),
-        }
-    }
-    #[cfg(feature = "metal")]
-    {
-        match candle_core::Device::new_metal(0) {
-            Ok(d) => return (d, "Metal".into()),
-            Err(e) => eprintln!("Metal unavailable ({e}); using the CPU"),
-        }
-    }
-    (candle_core::Device::Cpu, "CPU".into())
 }

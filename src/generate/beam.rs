@@ -7,12 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::model::Flamingo;
+use crate::model::Session;
 
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// transformers' `early_stopping`: stop when `num_beams` hypotheses are done (true), when no
+/// better one can come by its heuristic (false), or only by the canonical rule (never).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum EarlyStopping {
+    #[value(name = "true")]
     True,
+    #[value(name = "false")]
     False,
+    #[value(name = "never")]
     Never,
 }
 
@@ -92,10 +99,11 @@ fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2()?)
 }
 
-/// Beam search over one prompt; returns `num_return_sequences` hypotheses, best first.
+/// Beam search from a session that has run the prompt `prompt_ids` (one row), whose logits
+/// were `logits`; returns `num_return_sequences` hypotheses, best first.
 pub fn beam_search(
-    model: &Flamingo,
-    pixels: Option<&Tensor>,
+    mut session: Session<'_>,
+    logits: &Tensor,
     prompt_ids: &[u32],
     cfg: &BeamConfig,
     eos: u32,
@@ -112,17 +120,14 @@ pub fn beam_search(
         ));
     }
     let max_length = prompt_ids.len() + cfg.max_new_tokens;
-    if max_length > model.max_seq_len() {
+    if max_length > session.max_seq_len() {
         return Err(Error::ContextTooLong {
             needed: max_length,
-            limit: model.max_seq_len(),
+            limit: session.max_seq_len(),
         });
     }
-    let media = super::encode_media(model, pixels, cancel)?;
-    let mut session = model.session(&media)?;
-    let logits = session.forward(&[prompt_ids.to_vec()])?;
     // Every beam starts from the prompt; only the first counts at the first step.
-    let first = log_softmax_rows(&logits)?.remove(0);
+    let first = log_softmax_rows(logits)?.remove(0);
     let mut step_scores: Vec<Vec<f32>> = vec![first; nb];
     session.select_rows(&vec![0; nb])?;
     let mut seqs: Vec<Vec<u32>> = vec![prompt_ids.to_vec(); nb];

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::model::Flamingo;
+use crate::model::Session;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CandidateScore {
@@ -27,32 +27,13 @@ fn logprobs_of(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
         .collect())
 }
 
-/// Scores each candidate (token ids) appended to the prompt. The prompt and its images are run
-/// once; each candidate continues from a copy of that state.
-pub fn score_candidates(
-    model: &Flamingo,
-    pixels: Option<&Tensor>,
-    prompt_ids: &[u32],
-    candidates: &[Vec<u32>],
-    cancel: &AtomicBool,
-) -> Result<Vec<CandidateScore>> {
-    if prompt_ids.is_empty() {
-        return Err(Error::Prompt("the prompt is empty".into()));
-    }
-    check_fits(model, prompt_ids.len(), candidates)?;
-    let media = super::encode_media(model, pixels, cancel)?;
-    let mut session = model.session(&media)?;
-    let logits = session.forward(&[prompt_ids.to_vec()])?;
-    score_after(&session, &logits, candidates, cancel)
-}
-
 /// The prompt followed by the longest candidate must fit the model's context.
-pub fn check_fits(model: &Flamingo, prompt_len: usize, candidates: &[Vec<u32>]) -> Result<()> {
+pub fn check_fits(max_seq_len: usize, prompt_len: usize, candidates: &[Vec<u32>]) -> Result<()> {
     let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
-    if prompt_len + longest > model.max_seq_len() {
+    if prompt_len + longest > max_seq_len {
         return Err(Error::ContextTooLong {
             needed: prompt_len + longest,
-            limit: model.max_seq_len(),
+            limit: max_seq_len,
         });
     }
     Ok(())
@@ -62,7 +43,7 @@ pub fn check_fits(model: &Flamingo, prompt_len: usize, candidates: &[Vec<u32>]) 
 /// `logits` [1, T, V] (only the last position is used). Each candidate continues from a copy
 /// of the session.
 pub fn score_after(
-    session: &crate::model::Session<'_>,
+    session: &Session<'_>,
     logits: &Tensor,
     candidates: &[Vec<u32>],
     cancel: &AtomicBool,

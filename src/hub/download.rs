@@ -15,9 +15,9 @@ use hf_hub::HFError;
 use sha2::Digest;
 
 use super::registry::{ModelSpec, Need};
+use super::ModelFiles;
 use super::{cached_file, offline, repo_folder, resolve_in, resolve_need, shard_names};
 use crate::error::{Error, Result};
-use crate::model::loader::ModelFiles;
 
 /// What a download reports to its observer. Bytes only grow within a file; `Finished` comes
 /// last when everything is in the cache.

@@ -7,9 +7,25 @@ pub mod registry;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::loader::ModelFiles;
-use crate::model::weights::WeightFile;
 pub use registry::{ModelSpec, Need, DEFAULT_MODEL};
+
+/// A weight file: its path, and a label `repo/file` for messages.
+#[derive(Clone, Debug)]
+pub struct WeightFile {
+    pub path: PathBuf,
+    pub label: String,
+}
+
+/// Local paths of every file a model needs.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub clip_config: PathBuf,
+    pub clip_weights: WeightFile,
+    pub lm_config: PathBuf,
+    pub lm_weights: Vec<WeightFile>,
+    pub tokenizer: PathBuf,
+    pub checkpoint: WeightFile,
+}
 
 /// The hub cache folder, by huggingface_hub's rules: `HF_HUB_CACHE`, else the legacy
 /// `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
@@ -131,13 +147,16 @@ pub fn resolve_in(cache: &Path, spec: &ModelSpec) -> Result<ModelFiles> {
         lm_weights: resolve_need(cache, &f.lm_weights)?,
         tokenizer: resolve_one(cache, &f.tokenizer)?.path,
         checkpoint: resolve_one(cache, &f.checkpoint)?,
-        convert: None,
     })
 }
 
 /// The shard files a `*.index.json` names, sorted, each once.
 pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let v = crate::model::config::read_json(index)?;
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: index.to_path_buf(),
+        reason: format!("not valid JSON ({e})"),
+    })?;
     let mut files: Vec<String> = v
         .get("weight_map")
         .and_then(|m| m.as_object())

@@ -1,5 +1,5 @@
-//! Configurations read from the released files: `open_clip_config.json` of the CLIP repo and
-//! `config.json` of the language-model repo.
+//! Configurations of the released models, parsed from the JSON of `open_clip_config.json`
+//! (the CLIP repo) and `config.json` (the language-model repo); the store reads the files.
 
 use std::path::Path;
 
@@ -53,14 +53,14 @@ impl VisionConfig {
         (self.width as f64 * self.mlp_ratio) as usize
     }
 
-    /// Parses open_clip's hub config (`{"model_cfg": {...}, "preprocess_cfg": {...}}`).
-    pub fn from_open_clip_json(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
+    /// Parses open_clip's hub config (`{"model_cfg": {...}, "preprocess_cfg": {...}}`) read
+    /// from `path`.
+    pub fn from_open_clip(v: &Value, path: &Path) -> Result<Self> {
         let bad = |reason: &str| Error::Config {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let model = v.get("model_cfg").unwrap_or(&v);
+        let model = v.get("model_cfg").unwrap_or(v);
         let vc = model
             .get("vision_cfg")
             .ok_or_else(|| bad("no `vision_cfg` in `model_cfg`"))?;
@@ -107,142 +107,4 @@ impl VisionConfig {
             std: triple("std", CLIP_STD),
         })
     }
-}
-
-/// MosaicGPT (`model_type: mosaic_gpt`), the LM of OpenFlamingo-3B (SPEC §6.1).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MosaicGptConfig {
-    pub d_model: usize,
-    pub n_heads: usize,
-    pub n_layers: usize,
-    pub mlp_ratio: usize,
-    pub max_seq_len: usize,
-    pub vocab_size: usize,
-    pub alibi: bool,
-    pub alibi_bias_max: f64,
-    pub attn_qk_ln: bool,
-    pub no_bias: bool,
-    pub softmax_scale: Option<f64>,
-    pub attn_clip_qkv: Option<f64>,
-    pub logit_scale: Option<f64>,
-}
-
-impl MosaicGptConfig {
-    /// The released `anas-awadalla/mpt-1b-redpajama-200b` shape.
-    pub fn mpt_1b() -> Self {
-        Self {
-            d_model: 2048,
-            n_heads: 16,
-            n_layers: 24,
-            mlp_ratio: 4,
-            max_seq_len: 2048,
-            vocab_size: 50432,
-            alibi: true,
-            alibi_bias_max: 8.0,
-            attn_qk_ln: true,
-            no_bias: true,
-            softmax_scale: None,
-            attn_clip_qkv: None,
-            logit_scale: None,
-        }
-    }
-
-    pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::Config {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let u = |k: &str| -> Result<usize> {
-            v.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| bad(format!("`{k}` missing or not an integer")))
-        };
-        let b = |k: &str, d: bool| v.get(k).and_then(Value::as_bool).unwrap_or(d);
-        let f = |k: &str| v.get(k).and_then(Value::as_f64);
-        let cfg = Self {
-            d_model: u("d_model")?,
-            n_heads: u("n_heads")?,
-            n_layers: u("n_layers")?,
-            mlp_ratio: v.get("mlp_ratio").and_then(Value::as_u64).unwrap_or(4) as usize,
-            max_seq_len: v.get("max_seq_len").and_then(Value::as_u64).unwrap_or(2048) as usize,
-            vocab_size: u("vocab_size")?,
-            alibi: b("alibi", false),
-            alibi_bias_max: f("alibi_bias_max").unwrap_or(8.0),
-            attn_qk_ln: b("attn_qk_ln", false),
-            no_bias: b("no_bias", false),
-            softmax_scale: f("softmax_scale"),
-            attn_clip_qkv: f("attn_clip_qkv"),
-            logit_scale: match v.get("logit_scale") {
-                Some(Value::String(s)) if s == "inv_sqrt_d_model" => {
-                    Some(1.0 / (u("d_model")? as f64).sqrt())
-                }
-                Some(x) => x.as_f64(),
-                None => None,
-            },
-        };
-        if cfg.n_heads == 0 || !cfg.d_model.is_multiple_of(cfg.n_heads) {
-            return Err(bad("d_model must be a multiple of n_heads".into()));
-        }
-        if !cfg.alibi {
-            return Err(bad(
-                "MosaicGPT without ALiBi (learned positions) is not supported; the released OpenFlamingo LMs use ALiBi"
-                    .into(),
-            ));
-        }
-        if !cfg.no_bias {
-            return Err(bad(
-                "MosaicGPT with biases is not supported; the released OpenFlamingo LMs have no_bias=true".into(),
-            ));
-        }
-        Ok(cfg)
-    }
-}
-
-/// Which decoder family a `config.json` describes.
-#[derive(Clone, Debug, PartialEq)]
-pub enum LmConfig {
-    MosaicGpt(MosaicGptConfig),
-}
-
-impl LmConfig {
-    pub fn from_json_file(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        match model_type {
-            "mosaic_gpt" => Ok(LmConfig::MosaicGpt(MosaicGptConfig::from_value(&v, path)?)),
-            other => Err(Error::Config {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "language model type `{other}` is not supported yet (supported: mosaic_gpt)"
-                ),
-            }),
-        }
-    }
-
-    pub fn max_seq_len(&self) -> usize {
-        match self {
-            LmConfig::MosaicGpt(c) => c.max_seq_len,
-        }
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        match self {
-            LmConfig::MosaicGpt(c) => c.d_model,
-        }
-    }
-
-    pub fn n_layers(&self) -> usize {
-        match self {
-            LmConfig::MosaicGpt(c) => c.n_layers,
-        }
-    }
-}
-
-pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        reason: format!("not valid JSON ({e})"),
-    })
 }

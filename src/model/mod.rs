@@ -1,28 +1,38 @@
-//! OpenFlamingo in candle: CLIP vision tower → perceiver resampler → gated cross-attention
-//! blocks inside a decoder LM. Pure tensors in, tensors out; file discovery lives in `hub`.
+//! The OpenFlamingo architecture: CLIP vision tower → perceiver resampler → gated
+//! cross-attention blocks inside a decoder LM (one file per family in `lm/`). Built from
+//! weight sources ([`crate::nn::WeightSource`]); it opens no file, reads no environment
+//! variable and starts no thread of its own. Tensors in, tensors out.
 
 pub mod config;
-pub mod converted;
-pub mod dcpu;
-pub mod linear;
 pub mod lm;
-pub mod loader;
-pub mod mapped;
-pub mod ops;
 pub mod perceiver;
-pub mod preprocess;
-pub mod qcpu;
 pub mod vision;
-pub mod weights;
 pub mod xattn;
+
+use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::nn::{HasLinears, Linear, Vb};
+use crate::types::WeightFormat;
+use config::VisionConfig;
+use lm::LmConfig;
 use lm::{LanguageModel, LayerCache};
 use perceiver::PerceiverResampler;
 use vision::VisionTower;
-use xattn::{GatedCrossAttention, MediaKv, MediaMask};
+use xattn::{xattn_every_n, GatedCrossAttention, MediaKv, MediaMask};
+
+/// The weight sources a model is built from.
+pub struct Sources<'a> {
+    /// The CLIP repo's tensors, open_clip names (the tower under `visual.`).
+    pub clip: Vb<'a>,
+    /// OpenFlamingo's checkpoint under canonical names: `perceiver.*`, `xattn.{i}.*`, `embed`
+    /// (and `embed_out` for a language model whose output projection is not tied).
+    pub ckpt: Vb<'a>,
+    /// The language model's repo under its own names.
+    pub lm: Vb<'a>,
+}
 
 pub struct Flamingo {
     pub(crate) vision: VisionTower,
@@ -31,10 +41,75 @@ pub struct Flamingo {
     pub(crate) xattn: Vec<Option<GatedCrossAttention>>,
     pub(crate) media_id: u32,
     pub(crate) device: Device,
-    pub(crate) format: linear::WeightFormat,
+    pub(crate) format: WeightFormat,
 }
 
 impl Flamingo {
+    /// Builds the model from its weight sources; `media_id` is the `<image>` token id of its
+    /// tokenizer. Linear layers come in the sources' format.
+    pub fn new(
+        src: &Sources,
+        vcfg: &VisionConfig,
+        lm_cfg: &LmConfig,
+        media_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        let vision = VisionTower::load(&src.clip.pp("visual"), vcfg)?;
+        let ckpt = &src.ckpt;
+        let perceiver = PerceiverResampler::load(&ckpt.pp("perceiver"), vcfg.width)?;
+        let checkpoint = || std::path::PathBuf::from(ckpt.label());
+
+        let d = lm_cfg.hidden_size();
+        let n_layers = lm_cfg.n_layers();
+        let idx: BTreeSet<usize> = ckpt
+            .names()
+            .iter()
+            .filter_map(|n| n.strip_prefix("xattn."))
+            .filter_map(|r| r.split('.').next()?.parse().ok())
+            .collect();
+        let idx: Vec<usize> = idx.into_iter().collect();
+        if idx.iter().any(|&i| i >= n_layers) {
+            return Err(Error::BadWeights {
+                path: checkpoint(),
+                reason: format!(
+                    "cross-attention blocks for layers {idx:?} but the language model has {n_layers} layers: the checkpoint belongs to another language model"
+                ),
+            });
+        }
+        let every = xattn_every_n(&idx, n_layers).ok_or_else(|| Error::BadWeights {
+            path: checkpoint(),
+            reason: format!(
+                "cross-attention blocks at layers {idx:?} do not follow the 'every n layers' rule"
+            ),
+        })?;
+        let xattn = (0..n_layers)
+            .map(|i| {
+                if (i + 1) % every == 0 {
+                    GatedCrossAttention::load(&ckpt.pp(format!("xattn.{i}")), d, vcfg.width)
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm: LanguageModel = lm_cfg.build(&src.lm, ckpt)?;
+        let vocab = lm.vocab_size();
+        if media_id as usize >= vocab {
+            return Err(Error::Tokenizer(format!(
+                "the <image> token id {media_id} is outside the checkpoint's vocabulary of {vocab}"
+            )));
+        }
+        Ok(Flamingo {
+            vision,
+            perceiver,
+            lm,
+            xattn,
+            media_id,
+            device: device.clone(),
+            format: Default::default(),
+        })
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -65,7 +140,7 @@ impl Flamingo {
 
     /// Converts every linear layer (vision tower, perceiver, cross-attention, LM and its output
     /// projection) to `fmt`. Embedding lookups, norms and biases stay f32.
-    pub fn convert_weights(&mut self, fmt: linear::WeightFormat) -> Result<()> {
+    pub fn convert_weights(&mut self, fmt: WeightFormat) -> Result<()> {
         for l in self.linears_mut() {
             l.convert(fmt)?;
         }
@@ -73,8 +148,7 @@ impl Flamingo {
         Ok(())
     }
 
-    fn linears_mut(&mut self) -> Vec<&mut linear::Linear> {
-        use linear::HasLinears;
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut all = self.vision.linears_mut();
         all.extend(self.perceiver.linears_mut());
         for x in self.xattn.iter_mut().flatten() {
@@ -93,7 +167,7 @@ impl Flamingo {
         // Largest first, each to the thread with the least so far.
         all.sort_by_key(|l| std::cmp::Reverse(l.weight_bytes()));
         let threads = candle_core::utils::get_num_threads().clamp(1, all.len().max(1));
-        let mut bands: Vec<(usize, Vec<&mut linear::Linear>)> =
+        let mut bands: Vec<(usize, Vec<&mut Linear>)> =
             (0..threads).map(|_| (0, Vec::new())).collect();
         for l in all {
             if let Some(b) = bands.iter_mut().min_by_key(|b| b.0) {
@@ -105,11 +179,11 @@ impl Flamingo {
             .into_iter()
             .map(|(_, band)| move || band.into_iter().try_for_each(|l| l.prepare()))
             .collect();
-        ops::in_parallel("preparing the weights", tasks)?;
+        crate::nn::fused::in_parallel("preparing the weights", tasks)?;
         Ok(())
     }
 
-    pub fn weight_format(&self) -> linear::WeightFormat {
+    pub fn weight_format(&self) -> WeightFormat {
         self.format
     }
 
@@ -210,6 +284,11 @@ impl Flamingo {
 }
 
 impl Session<'_> {
+    /// The model's context length.
+    pub fn max_seq_len(&self) -> usize {
+        self.model.max_seq_len()
+    }
+
     /// Tokens processed so far.
     pub fn len(&self) -> usize {
         self.st.caches.first().map(|c| c.len()).unwrap_or(0)
@@ -289,7 +368,8 @@ impl Session<'_> {
         let mask = MediaMask::new(&times, self.st.n_images, self.st.n_latents, &m.device)?;
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids_t = Tensor::from_vec(flat, (self.st.batch, t), &m.device)?;
-        let bias = m.lm.attn_bias(
+        let step = m.lm.step(
+            self.st.batch,
             past,
             t,
             any_pad.then_some(self.st.key_mask.as_slice()),
@@ -303,7 +383,7 @@ impl Session<'_> {
             if let (Some(xa), Some(kv)) = (&m.xattn[i], &self.st.media_kv[i]) {
                 x = xa.forward(&x, kv, &mask)?;
             }
-            x = m.lm.block(i, &x, &bias, cache)?;
+            x = m.lm.block(i, &x, &step, cache)?;
         }
         m.lm.logits(&x)
     }

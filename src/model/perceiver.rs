@@ -3,26 +3,19 @@
 use candle_core::{Module, Tensor};
 
 use crate::error::Result;
-use crate::model::linear::{layer_norm, HasLinears, Linear};
-use crate::model::ops::Activation;
-use crate::model::weights::Vb;
+use crate::nn::fused::Activation;
+use crate::nn::norm::layer_norm;
+use crate::nn::Vb;
+use crate::nn::{split_heads, HasLinears, Linear};
 
 const LN_EPS: f64 = 1e-5;
 pub const HEADS: usize = 8;
 pub const DIM_HEAD: usize = 64;
 const FF_MULT: usize = 4;
 
-/// Splits [b, n, h·d] into [b, h, n, d] (head index outer, as `rearrange(..., "b n (h d)")`).
-pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, hd) = x.dims3()?;
-    Ok(x.reshape((b, n, heads, hd / heads))?
-        .transpose(1, 2)?
-        .contiguous()?)
-}
-
 /// LayerNorm → Linear(dim→4dim) → GELU(erf) → Linear(4dim→dim), no biases in the linears.
 pub(crate) struct FeedForward {
-    norm: crate::model::ops::LayerNorm,
+    norm: crate::nn::norm::LayerNorm,
     up: Linear,
     down: Linear,
 }
@@ -45,8 +38,8 @@ impl FeedForward {
 }
 
 struct PerceiverAttention {
-    norm_media: crate::model::ops::LayerNorm,
-    norm_latents: crate::model::ops::LayerNorm,
+    norm_media: crate::nn::norm::LayerNorm,
+    norm_latents: crate::nn::norm::LayerNorm,
     to_q: Linear,
     to_kv: Linear,
     to_out: Linear,
@@ -81,7 +74,7 @@ impl PerceiverAttention {
         );
         let scale = (DIM_HEAD as f64).powf(-0.5);
         self.to_out
-            .forward(&crate::model::ops::attention(&q, &k, &v, scale, None)?)
+            .forward(&crate::nn::attention::attention(&q, &k, &v, scale, None)?)
     }
 }
 
@@ -105,8 +98,30 @@ impl HasLinears for PerceiverResampler {
 pub struct PerceiverResampler {
     latents: Tensor,
     layers: Vec<(PerceiverAttention, FeedForward)>,
-    norm: crate::model::ops::LayerNorm,
+    norm: crate::nn::norm::LayerNorm,
     dim: usize,
+}
+
+/// The tensors of OpenFlamingo's perceiver (depth 6, 64 latents) for media of width `dim`,
+/// with their shapes, under `perceiver.`.
+pub fn tensor_shapes(dim: usize) -> Vec<(String, Vec<usize>)> {
+    let inner = HEADS * DIM_HEAD;
+    let mut t = vec![("latents".to_string(), vec![64, dim])];
+    for i in 0..6 {
+        let b = format!("layers.{i}");
+        for ln in ["0.norm_media", "0.norm_latents", "1.0"] {
+            t.push((format!("{b}.{ln}.weight"), vec![dim]));
+            t.push((format!("{b}.{ln}.bias"), vec![dim]));
+        }
+        t.push((format!("{b}.0.to_q.weight"), vec![inner, dim]));
+        t.push((format!("{b}.0.to_kv.weight"), vec![2 * inner, dim]));
+        t.push((format!("{b}.0.to_out.weight"), vec![dim, inner]));
+        t.push((format!("{b}.1.1.weight"), vec![FF_MULT * dim, dim]));
+        t.push((format!("{b}.1.3.weight"), vec![dim, FF_MULT * dim]));
+    }
+    t.push(("norm.weight".into(), vec![dim]));
+    t.push(("norm.bias".into(), vec![dim]));
+    t
 }
 
 impl PerceiverResampler {

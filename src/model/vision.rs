@@ -5,17 +5,18 @@ use candle_core::{Module, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::VisionConfig;
-use crate::model::linear::{layer_norm, HasLinears, Linear};
-use crate::model::ops::Activation;
-use crate::model::weights::Vb;
+use crate::nn::fused::Activation;
+use crate::nn::norm::layer_norm;
+use crate::nn::Vb;
+use crate::nn::{HasLinears, Linear};
 
 const LN_EPS: f64 = 1e-5;
 
 struct ResBlock {
-    ln_1: crate::model::ops::LayerNorm,
+    ln_1: crate::nn::norm::LayerNorm,
     in_proj: Linear,
     out_proj: Linear,
-    ln_2: crate::model::ops::LayerNorm,
+    ln_2: crate::nn::norm::LayerNorm,
     c_fc: Linear,
     c_proj: Linear,
     heads: usize,
@@ -47,7 +48,7 @@ impl ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
         let qkv = self.in_proj.forward(&h)?; // [b, n, 3w]
-        let o = crate::model::ops::self_attention(&qkv, self.heads)?; // [b, n, w]
+        let o = crate::nn::attention::self_attention(&qkv, self.heads)?; // [b, n, w]
         let x = (x + self.out_proj.forward(&o)?)?;
         let h = self.ln_2.forward(&x)?;
         let act = if self.quick_gelu {
@@ -74,18 +75,50 @@ pub struct VisionTower {
     patch: Linear, // conv1 as a matmul over flattened patches
     class_embedding: Tensor,
     positional_embedding: Tensor,
-    ln_pre: crate::model::ops::LayerNorm,
+    ln_pre: crate::nn::norm::LayerNorm,
     blocks: Vec<ResBlock>,
     cfg: VisionConfig,
 }
 
 impl VisionTower {
+    /// The tensors the tower takes from the open_clip `visual` module, with their shapes.
+    pub fn tensor_shapes(cfg: &VisionConfig) -> Vec<(String, Vec<usize>)> {
+        let (w, p, g, hid) = (cfg.width, cfg.patch_size, cfg.grid(), cfg.mlp_hidden());
+        let mut t = vec![
+            ("conv1.weight".to_string(), vec![w, 3, p, p]),
+            ("class_embedding".into(), vec![w]),
+            ("positional_embedding".into(), vec![g * g + 1, w]),
+            ("ln_pre.weight".into(), vec![w]),
+            ("ln_pre.bias".into(), vec![w]),
+        ];
+        for i in 0..cfg.layers {
+            let b = format!("transformer.resblocks.{i}");
+            for (name, shape) in [
+                ("ln_1.weight", vec![w]),
+                ("ln_1.bias", vec![w]),
+                ("ln_2.weight", vec![w]),
+                ("ln_2.bias", vec![w]),
+                ("attn.in_proj_weight", vec![3 * w, w]),
+                ("attn.in_proj_bias", vec![3 * w]),
+                ("attn.out_proj.weight", vec![w, w]),
+                ("attn.out_proj.bias", vec![w]),
+                ("mlp.c_fc.weight", vec![hid, w]),
+                ("mlp.c_fc.bias", vec![hid]),
+                ("mlp.c_proj.weight", vec![w, hid]),
+                ("mlp.c_proj.bias", vec![w]),
+            ] {
+                t.push((format!("{b}.{name}"), shape));
+            }
+        }
+        t
+    }
+
     /// `vb` points at the open_clip `visual` module.
     pub fn load(vb: &Vb, cfg: &VisionConfig) -> Result<Self> {
         let w = cfg.width;
         let p = cfg.patch_size;
         // The patch convolution (stride = kernel, no bias) is a linear map of each patch.
-        let patch = Linear::derived(vb, "conv1.as_linear", 3 * p * p, w, || {
+        let patch = Linear::derived(vb, "conv1.as_linear", 3 * p * p, w, &|| {
             Ok(vb
                 .fetch(&[w, 3, p, p], "conv1.weight")?
                 .reshape((w, 3 * p * p))?)

@@ -3,9 +3,11 @@
 use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
-use crate::model::linear::{layer_norm, HasLinears, Linear};
-use crate::model::perceiver::{split_heads, FeedForward, DIM_HEAD, HEADS};
-use crate::model::weights::Vb;
+use crate::model::perceiver::{FeedForward, DIM_HEAD, HEADS};
+use crate::nn::norm::layer_norm;
+use crate::nn::split_heads;
+use crate::nn::Vb;
+use crate::nn::{HasLinears, Linear};
 
 /// For each token, which image it may see: 0 = none, k = the k-th image (1-based).
 ///
@@ -100,7 +102,7 @@ impl HasLinears for GatedCrossAttention {
 pub struct GatedCrossAttention {
     attn_gate: Tensor,
     ff_gate: Tensor,
-    norm: crate::model::ops::LayerNorm,
+    norm: crate::nn::norm::LayerNorm,
     to_q: Linear,
     to_kv: Linear,
     to_out: Linear,
@@ -108,6 +110,28 @@ pub struct GatedCrossAttention {
 }
 
 impl GatedCrossAttention {
+    /// The tensors of one block for an LM of width `dim` and media of width `dim_visual`,
+    /// with their shapes.
+    pub fn tensor_shapes(dim: usize, dim_visual: usize) -> Vec<(String, Vec<usize>)> {
+        let inner = HEADS * DIM_HEAD;
+        [
+            ("attn_gate", vec![1]),
+            ("ff_gate", vec![1]),
+            ("attn.norm.weight", vec![dim]),
+            ("attn.norm.bias", vec![dim]),
+            ("attn.to_q.weight", vec![inner, dim]),
+            ("attn.to_kv.weight", vec![2 * inner, dim_visual]),
+            ("attn.to_out.weight", vec![dim, inner]),
+            ("ff.0.weight", vec![dim]),
+            ("ff.0.bias", vec![dim]),
+            ("ff.1.weight", vec![4 * dim, dim]),
+            ("ff.3.weight", vec![dim, 4 * dim]),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect()
+    }
+
     /// `vb` points at `…gated_cross_attn_layer` (or its alias); `dim` = LM width.
     pub fn load(vb: &Vb, dim: usize, dim_visual: usize) -> Result<Self> {
         let inner = HEADS * DIM_HEAD;
@@ -139,7 +163,7 @@ impl GatedCrossAttention {
         let q = split_heads(&self.to_q.forward(&h)?, HEADS)?;
         let scale = (DIM_HEAD as f64).powf(-0.5);
         // Tokens before the first image see no media: their output is zeroed.
-        let o = crate::model::ops::attention(&q, &kv.k, &kv.v, scale, Some(&mask.bias))?
+        let o = crate::nn::attention::attention(&q, &kv.k, &kv.v, scale, Some(&mask.bias))?
             .broadcast_mul(&mask.has_media.to_dtype(q.dtype())?)?;
         let o = self.to_out.forward(&o)?;
         let x = (x + o.broadcast_mul(&self.attn_gate)?)?;

@@ -102,3 +102,38 @@ pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The model's own route for the parity tests: each image [N, 3, S, S] encoded, the prompt run
+/// in one pass; the session after it and the prompt's logits.
+pub fn run_prompt<'m>(
+    model: &'m flamingo::model::Flamingo,
+    pixels: &Tensor,
+    prompt_ids: &[u32],
+) -> (flamingo::model::Session<'m>, Tensor) {
+    let latents = model.encode_images(pixels).unwrap().unsqueeze(0).unwrap();
+    let mut session = model.session(&latents).unwrap();
+    let logits = session.forward(&[prompt_ids.to_vec()]).unwrap();
+    (session, logits)
+}
+
+/// Greedy (or sampled) decoding of a prompt over its images, as [`run_prompt`] runs it.
+pub fn generate(
+    model: &flamingo::model::Flamingo,
+    pixels: &Tensor,
+    prompt_ids: &[u32],
+    opts: &flamingo::generate::GenerateOptions,
+) -> flamingo::generate::Generated {
+    let (mut session, logits) = run_prompt(model, pixels, prompt_ids);
+    let mut out = flamingo::generate::Generated::default();
+    flamingo::generate::decode(
+        &mut session,
+        &logits,
+        prompt_ids,
+        opts,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+        &mut out,
+    )
+    .unwrap();
+    out
+}

@@ -1,14 +1,182 @@
-//! Decoder language models, one file per family. Each exposes the same small surface so
-//! that the Flamingo wrapper can run a gated cross-attention block before any decoder block.
+//! Decoder language models, one file per family. Each file holds its config (parsed from the
+//! LM repo's `config.json`) and its forward; a family joins by one line in [`FAMILIES`]. The
+//! Flamingo wrapper runs a gated cross-attention block before any decoder block, with the
+//! same KV cache ([`LayerCache`]) for every family.
 
 pub mod mosaic_gpt;
 
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
+use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::nn::{HasLinears, Vb};
 
-/// Additive attention bias [B or 1, heads, s_q, s_k] for one forward pass.
-pub struct AttnBias(pub Tensor);
+/// A family: the `model_type`s of `config.json` it reads, and how.
+pub struct Family {
+    pub model_types: &'static [&'static str],
+    pub parse: fn(&Value, &Path) -> Result<std::sync::Arc<dyn LmSpec>>,
+}
+
+/// The families this version runs.
+pub const FAMILIES: &[Family] = &[Family {
+    model_types: &["mosaic_gpt"],
+    parse: mosaic_gpt::MosaicGptConfig::parse,
+}];
+
+/// A parsed `config.json`: the shape of a decoder and how to build it.
+pub trait LmSpec: Send + Sync + std::fmt::Debug {
+    /// The family's name, for messages.
+    fn family(&self) -> &'static str;
+    fn hidden_size(&self) -> usize;
+    fn n_layers(&self) -> usize;
+    fn max_seq_len(&self) -> usize;
+    /// The LM repo's tensors the model takes, with their shapes (random weights for
+    /// benchmarks, memory estimates). The embedding (and an untied output projection) come
+    /// from OpenFlamingo's checkpoint instead ([`LmSpec::checkpoint_tensors`]).
+    fn lm_tensors(&self) -> Vec<(String, Vec<usize>)>;
+    /// The checkpoint's language-model tensors for a vocabulary of `vocab` (canonical names:
+    /// `embed`, `embed_out`).
+    fn checkpoint_tensors(&self, vocab: usize) -> Vec<(String, Vec<usize>)> {
+        vec![("embed".into(), vec![vocab, self.hidden_size()])]
+    }
+    /// Builds the decoder: `lm` is the LM repo, `ckpt` the checkpoint (its `embed`).
+    fn build(&self, lm: &Vb, ckpt: &Vb) -> Result<Box<dyn Decoder>>;
+}
+
+/// A language model's config, whatever its family.
+#[derive(Clone, Debug)]
+pub struct LmConfig(pub std::sync::Arc<dyn LmSpec>);
+
+impl LmConfig {
+    /// Parses a language model's `config.json` (read from `path`) by its `model_type`.
+    pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let family = FAMILIES
+            .iter()
+            .find(|f| f.model_types.contains(&model_type))
+            .ok_or_else(|| Error::Config {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "language model type `{model_type}` is not supported (supported: {})",
+                    FAMILIES
+                        .iter()
+                        .flat_map(|f| f.model_types.iter().copied())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        Ok(Self((family.parse)(v, path)?))
+    }
+}
+
+impl std::ops::Deref for LmConfig {
+    type Target = dyn LmSpec;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// What every block of one forward pass shares: the attention bias [B or 1, heads, s_q, s_k]
+/// (causal, padding, ALiBi where the family has it) and, for rotary families, the positions
+/// of the new tokens in each row.
+pub struct Step {
+    pub bias: Tensor,
+    /// Position of each new token, per row (left padding does not count).
+    pub positions: Vec<Vec<usize>>,
+}
+
+/// One decoder's forward, block by block.
+pub trait Decoder: HasLinears + Send + Sync {
+    fn n_layers(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    fn max_seq_len(&self) -> usize;
+    /// Token embeddings: ids [B, T] → [B, T, d].
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+    /// What the blocks of a pass of `s_q` new tokens after `past` cached ones share, for
+    /// `batch` rows; `key_mask[b][k]` false marks a padding key.
+    fn step(
+        &self,
+        batch: usize,
+        past: usize,
+        s_q: usize,
+        key_mask: Option<&[Vec<bool>]>,
+        device: &Device,
+    ) -> Result<Step>;
+    /// Decoder block `i` with its KV cache.
+    fn block(&self, i: usize, x: &Tensor, step: &Step, cache: &mut LayerCache) -> Result<Tensor>;
+    /// Final norm and output projection: [B, T, d] → [B, T, vocab].
+    fn logits(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// The language model of a Flamingo.
+pub type LanguageModel = Box<dyn Decoder>;
+
+/// Positions of `s_q` new tokens after `past` keys in each of `batch` rows: the count of
+/// non-padding keys before each (HF's `cumsum(attention_mask) - 1`, as rotary families take
+/// it under left padding; a padding position gets 1, as there); without a mask,
+/// `past..past + s_q`.
+pub fn positions(
+    batch: usize,
+    past: usize,
+    s_q: usize,
+    key_mask: Option<&[Vec<bool>]>,
+) -> Vec<Vec<usize>> {
+    match key_mask {
+        None => vec![(past..past + s_q).collect(); batch],
+        Some(rows) => rows
+            .iter()
+            .map(|row| {
+                let mut n = row[..past].iter().filter(|&&k| k).count();
+                row[past..past + s_q]
+                    .iter()
+                    .map(|&k| {
+                        if k {
+                            n += 1;
+                            n - 1
+                        } else {
+                            1
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// Causal (+ key padding) bias with an optional per-head ALiBi slope, [B, heads, s_q, s_k]
+/// (one head and no slopes: [B, 1, s_q, s_k]).
+pub fn causal_bias(
+    past: usize,
+    s_q: usize,
+    key_mask: Option<&[Vec<bool>]>,
+    alibi_slopes: Option<&[f32]>,
+    device: &Device,
+) -> Result<Tensor> {
+    let h = alibi_slopes.map(|s| s.len()).unwrap_or(1);
+    let s_k = past + s_q;
+    let batch = key_mask.map(|m| m.len()).unwrap_or(1);
+    let mut v = vec![0f32; batch * h * s_q * s_k];
+    for b in 0..batch {
+        for hi in 0..h {
+            let slope = alibi_slopes.map(|s| s[hi]);
+            for i in 0..s_q {
+                let row = ((b * h + hi) * s_q + i) * s_k;
+                for k in 0..s_k {
+                    let masked = k > past + i || key_mask.map(|m| !m[b][k]).unwrap_or(false);
+                    v[row + k] = if masked {
+                        f32::MIN
+                    } else {
+                        slope.map_or(0.0, |s| (k as f32 - (s_k as f32 - 1.0)) * s)
+                    };
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(v, (batch, h, s_q, s_k), device)?)
+}
 
 /// Positions a layer's key/value buffers get beyond what they need when they are made: a
 /// caption's tokens are written in place after its prompt's.
@@ -79,74 +247,6 @@ impl LayerCache {
         let all = (bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?);
         self.kv = Some((bk, bv));
         Ok(all)
-    }
-}
-
-/// The decoder families the model code can run.
-pub enum LanguageModel {
-    MosaicGpt(mosaic_gpt::MosaicGpt),
-}
-
-impl LanguageModel {
-    pub fn linears_mut(&mut self) -> Vec<&mut crate::model::linear::Linear> {
-        use crate::model::linear::HasLinears;
-        match self {
-            LanguageModel::MosaicGpt(m) => m.linears_mut(),
-        }
-    }
-
-    pub fn n_layers(&self) -> usize {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.n_layers(),
-        }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.vocab_size(),
-        }
-    }
-
-    pub fn max_seq_len(&self) -> usize {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.config().max_seq_len,
-        }
-    }
-
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.embed(ids),
-        }
-    }
-
-    pub fn attn_bias(
-        &self,
-        past: usize,
-        s_q: usize,
-        key_mask: Option<&[Vec<bool>]>,
-        device: &Device,
-    ) -> Result<AttnBias> {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.attn_bias(past, s_q, key_mask, device),
-        }
-    }
-
-    pub fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        bias: &AttnBias,
-        cache: &mut LayerCache,
-    ) -> Result<Tensor> {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.block(i, x, bias, cache),
-        }
-    }
-
-    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            LanguageModel::MosaicGpt(m) => m.logits(x),
-        }
     }
 }
 
@@ -235,7 +335,7 @@ mod tests {
             .unwrap();
         let want = whole.index_select(&idx, 0).unwrap();
         assert_eq!(
-            crate::model::ops::max_abs_diff(&k.narrow(2, 0, 120).unwrap(), &want),
+            crate::nn::fused::max_abs_diff(&k.narrow(2, 0, 120).unwrap(), &want),
             0.0
         );
     }

@@ -213,8 +213,8 @@ mod tests {
     use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
-    use crate::model::ops::max_abs_diff as max_diff;
-    use crate::model::weights::GgufFile;
+    use crate::nn::fused::max_abs_diff as max_diff;
+    use crate::store::gguf::GgufFile;
 
     #[test]
     fn weights_read_in_place_equal_weights_read_into_memory() {

@@ -35,9 +35,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use crate::error::{Error, Result};
-use crate::model::ops::Activation;
+use crate::nn::fused::Activation;
 #[cfg(target_arch = "x86_64")]
-use crate::model::ops::Shared;
+use crate::nn::fused::Shared;
 
 /// Output rows per tile: the 16 lanes of a 512-bit register.
 const TILE: usize = 16;
@@ -339,7 +339,7 @@ impl CustomOp1 for Product<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::model::ops::contiguous_f32(s, l, self.name())?;
+        let x = crate::nn::fused::contiguous_f32(s, l, self.name())?;
         let dims = l.shape().dims();
         let Some((&k, lead)) = dims.split_last() else {
             candle_core::bail!("{} takes a tensor of at least one dimension", self.name())
@@ -366,32 +366,44 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Quantizes one row: per block of 32, scale = max|x| / 127, values rounded to nearest.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], c: &mut [i32]) {
-        for ((xs, qs), (d, c)) in x
-            .chunks_exact(BLOCK)
-            .zip(q.chunks_exact_mut(BLOCK))
-            .zip(d.iter_mut().zip(c.iter_mut()))
-        {
-            let lo = _mm512_loadu_ps(xs.as_ptr());
-            let hi = _mm512_loadu_ps(xs.as_ptr().add(16));
-            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
-            let scale = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let inv = _mm512_set1_ps(inv);
-            let qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
-            let qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
-            _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(qlo));
-            _mm_storeu_si128(
-                qs.as_mut_ptr().add(16) as *mut __m128i,
-                _mm512_cvtsepi32_epi8(qhi),
-            );
-            *d = scale;
-            *c = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            for ((xs, qs), (d, c)) in x
+                .chunks_exact(BLOCK)
+                .zip(q.chunks_exact_mut(BLOCK))
+                .zip(d.iter_mut().zip(c.iter_mut()))
+            {
+                let lo = _mm512_loadu_ps(xs.as_ptr());
+                let hi = _mm512_loadu_ps(xs.as_ptr().add(16));
+                let amax =
+                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+                let scale = amax / 127.0;
+                let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                let inv = _mm512_set1_ps(inv);
+                let qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
+                let qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
+                _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(qlo));
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(16) as *mut __m128i,
+                    _mm512_cvtsepi32_epi8(qhi),
+                );
+                *d = scale;
+                *c = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            }
         }
     }
 
     /// q8_0: `MR` rows of activations from `row0` against `NT` tiles from `tile0`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI; activation rows `row0..row0 + MR` and weight tiles
+    /// `tile0..tile0 + NT` exist, and `out` has room for those rows of `w.rows` values, written by
+    /// this caller only.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn q8_0<const MR: usize, const NT: usize>(
         w: &Packed,
@@ -401,47 +413,56 @@ mod x86 {
         tile0: usize,
         out: *mut f32,
     ) {
-        let kb = w.kb;
-        let lines = w.lines.as_ptr();
-        let scales = w.scales.as_ptr();
-        let mut acc = [[_mm512_setzero_ps(); NT]; MR];
-        for b in 0..kb {
-            // Each sum starts at the weights' offset times the activations' sum, taken off.
-            let mut isum = [[_mm512_setzero_si512(); NT]; MR];
-            for (i, row) in isum.iter_mut().enumerate() {
-                let c = _mm512_set1_epi32(-128 * *a.sum.get_unchecked((row0 + i) * kb + b));
-                for s in row.iter_mut() {
-                    *s = c;
-                }
-            }
-            for g in 0..8 {
-                let mut wv = [_mm512_setzero_si512(); NT];
-                for (t, v) in wv.iter_mut().enumerate() {
-                    *v = _mm512_load_si512(lines.add(((tile0 + t) * kb + b) * 8 + g) as *const _);
-                }
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let kb = w.kb;
+            let lines = w.lines.as_ptr();
+            let scales = w.scales.as_ptr();
+            let mut acc = [[_mm512_setzero_ps(); NT]; MR];
+            for b in 0..kb {
+                // Each sum starts at the weights' offset times the activations' sum, taken off.
+                let mut isum = [[_mm512_setzero_si512(); NT]; MR];
                 for (i, row) in isum.iter_mut().enumerate() {
-                    let av = bcast4(a, row0 + i, b * BLOCK + g * 4);
-                    for (s, v) in row.iter_mut().zip(wv.iter()) {
-                        *s = _mm512_dpbusd_epi32(*s, *v, av);
+                    let c = _mm512_set1_epi32(-128 * *a.sum.get_unchecked((row0 + i) * kb + b));
+                    for s in row.iter_mut() {
+                        *s = c;
+                    }
+                }
+                for g in 0..8 {
+                    let mut wv = [_mm512_setzero_si512(); NT];
+                    for (t, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_load_si512(
+                            lines.add(((tile0 + t) * kb + b) * 8 + g) as *const _
+                        );
+                    }
+                    for (i, row) in isum.iter_mut().enumerate() {
+                        let av = bcast4(a, row0 + i, b * BLOCK + g * 4);
+                        for (s, v) in row.iter_mut().zip(wv.iter()) {
+                            *s = _mm512_dpbusd_epi32(*s, *v, av);
+                        }
+                    }
+                }
+                let mut dw = [_mm512_setzero_ps(); NT];
+                for (t, v) in dw.iter_mut().enumerate() {
+                    let at = scales.add(((tile0 + t) * kb + b) * TILE);
+                    *v = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
+                }
+                for (i, (acc_row, s_row)) in acc.iter_mut().zip(isum.iter()).enumerate() {
+                    let da = _mm512_set1_ps(*a.d.get_unchecked((row0 + i) * kb + b));
+                    for ((acc, s), dw) in acc_row.iter_mut().zip(s_row.iter()).zip(dw.iter()) {
+                        *acc =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), _mm512_mul_ps(*dw, da), *acc);
                     }
                 }
             }
-            let mut dw = [_mm512_setzero_ps(); NT];
-            for (t, v) in dw.iter_mut().enumerate() {
-                let at = scales.add(((tile0 + t) * kb + b) * TILE);
-                *v = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
-            }
-            for (i, (acc_row, s_row)) in acc.iter_mut().zip(isum.iter()).enumerate() {
-                let da = _mm512_set1_ps(*a.d.get_unchecked((row0 + i) * kb + b));
-                for ((acc, s), dw) in acc_row.iter_mut().zip(s_row.iter()).zip(dw.iter()) {
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), _mm512_mul_ps(*dw, da), *acc);
-                }
-            }
+            store(w, then, &acc, row0, tile0, out);
         }
-        store(w, then, &acc, row0, tile0, out);
     }
 
     /// q4k: `MR` rows of activations from `row0` against `NT` tiles from `tile0`.
+    ///
+    /// # Safety
+    /// As for [`q8_0`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn q4k<const MR: usize, const NT: usize>(
         w: &Packed,
@@ -451,80 +472,94 @@ mod x86 {
         tile0: usize,
         out: *mut f32,
     ) {
-        let (kb, ab) = (w.kb, a.k / BLOCK);
-        let nibble = _mm512_set1_epi8(0x0F);
-        let mut acc = [[_mm512_setzero_ps(); NT]; MR];
-        for sb in 0..kb {
-            let mut base = [w.lines.as_ptr(); NT];
-            for (t, p) in base.iter_mut().enumerate() {
-                *p = p.add(((tile0 + t) * kb + sb) * Q4K_LINES);
-            }
-            // Two sub-blocks at a time: the low and high nibbles of the same lines.
-            for pair in 0..4 {
-                let mut lo = [[_mm512_setzero_si512(); NT]; MR];
-                let mut hi = [[_mm512_setzero_si512(); NT]; MR];
-                for g in 0..8 {
-                    let mut wl = [_mm512_setzero_si512(); NT];
-                    let mut wh = [_mm512_setzero_si512(); NT];
-                    for t in 0..NT {
-                        let v = _mm512_load_si512(base[t].add(6 + pair * 8 + g) as *const _);
-                        wl[t] = _mm512_and_si512(v, nibble);
-                        wh[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-                    }
-                    for i in 0..MR {
-                        let at = sb * QK_K + pair * 64 + g * 4;
-                        let (al, ah) = (bcast4(a, row0 + i, at), bcast4(a, row0 + i, at + 32));
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let (kb, ab) = (w.kb, a.k / BLOCK);
+            let nibble = _mm512_set1_epi8(0x0F);
+            let mut acc = [[_mm512_setzero_ps(); NT]; MR];
+            for sb in 0..kb {
+                let mut base = [w.lines.as_ptr(); NT];
+                for (t, p) in base.iter_mut().enumerate() {
+                    *p = p.add(((tile0 + t) * kb + sb) * Q4K_LINES);
+                }
+                // Two sub-blocks at a time: the low and high nibbles of the same lines.
+                for pair in 0..4 {
+                    let mut lo = [[_mm512_setzero_si512(); NT]; MR];
+                    let mut hi = [[_mm512_setzero_si512(); NT]; MR];
+                    for g in 0..8 {
+                        let mut wl = [_mm512_setzero_si512(); NT];
+                        let mut wh = [_mm512_setzero_si512(); NT];
                         for t in 0..NT {
-                            lo[i][t] = _mm512_dpbusd_epi32(lo[i][t], wl[t], al);
-                            hi[i][t] = _mm512_dpbusd_epi32(hi[i][t], wh[t], ah);
+                            let v = _mm512_load_si512(base[t].add(6 + pair * 8 + g) as *const _);
+                            wl[t] = _mm512_and_si512(v, nibble);
+                            wh[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                        }
+                        for i in 0..MR {
+                            let at = sb * QK_K + pair * 64 + g * 4;
+                            let (al, ah) = (bcast4(a, row0 + i, at), bcast4(a, row0 + i, at + 32));
+                            for t in 0..NT {
+                                lo[i][t] = _mm512_dpbusd_epi32(lo[i][t], wl[t], al);
+                                hi[i][t] = _mm512_dpbusd_epi32(hi[i][t], wh[t], ah);
+                            }
+                        }
+                    }
+                    for (half, isum) in [(0, &lo), (1, &hi)] {
+                        let j = pair * 2 + half;
+                        // This sub-block's scale and min of each row, times d and dmin.
+                        let mut sc = [_mm512_setzero_ps(); NT];
+                        let mut mn = [_mm512_setzero_ps(); NT];
+                        for t in 0..NT {
+                            let bytes = |line: usize| {
+                                let at = (base[t].add(line) as *const u8).add((j * TILE) % 64);
+                                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    at as *const __m128i,
+                                )))
+                            };
+                            let d = _mm512_load_ps(base[t] as *const f32);
+                            let dmin = _mm512_load_ps(base[t].add(1) as *const f32);
+                            sc[t] = _mm512_mul_ps(bytes(2 + j * TILE / 64), d);
+                            mn[t] = _mm512_mul_ps(bytes(4 + j * TILE / 64), dmin);
+                        }
+                        for i in 0..MR {
+                            let blk = (row0 + i) * ab + sb * 8 + j;
+                            let da = *a.d.get_unchecked(blk);
+                            let (da_v, dsum) = (
+                                _mm512_set1_ps(da),
+                                _mm512_set1_ps(da * *a.sum.get_unchecked(blk) as f32),
+                            );
+                            for t in 0..NT {
+                                let f = _mm512_cvtepi32_ps(isum[i][t]);
+                                acc[i][t] =
+                                    _mm512_fmadd_ps(f, _mm512_mul_ps(sc[t], da_v), acc[i][t]);
+                                acc[i][t] = _mm512_fnmadd_ps(mn[t], dsum, acc[i][t]);
+                            }
                         }
                     }
                 }
-                for (half, isum) in [(0, &lo), (1, &hi)] {
-                    let j = pair * 2 + half;
-                    // This sub-block's scale and min of each row, times d and dmin.
-                    let mut sc = [_mm512_setzero_ps(); NT];
-                    let mut mn = [_mm512_setzero_ps(); NT];
-                    for t in 0..NT {
-                        let bytes = |line: usize| {
-                            let at = (base[t].add(line) as *const u8).add((j * TILE) % 64);
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                at as *const __m128i,
-                            )))
-                        };
-                        let d = _mm512_load_ps(base[t] as *const f32);
-                        let dmin = _mm512_load_ps(base[t].add(1) as *const f32);
-                        sc[t] = _mm512_mul_ps(bytes(2 + j * TILE / 64), d);
-                        mn[t] = _mm512_mul_ps(bytes(4 + j * TILE / 64), dmin);
-                    }
-                    for i in 0..MR {
-                        let blk = (row0 + i) * ab + sb * 8 + j;
-                        let da = *a.d.get_unchecked(blk);
-                        let (da_v, dsum) = (
-                            _mm512_set1_ps(da),
-                            _mm512_set1_ps(da * *a.sum.get_unchecked(blk) as f32),
-                        );
-                        for t in 0..NT {
-                            let f = _mm512_cvtepi32_ps(isum[i][t]);
-                            acc[i][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(sc[t], da_v), acc[i][t]);
-                            acc[i][t] = _mm512_fnmadd_ps(mn[t], dsum, acc[i][t]);
-                        }
-                    }
-                }
             }
+            store(w, then, &acc, row0, tile0, out);
         }
-        store(w, then, &acc, row0, tile0, out);
     }
 
     /// 4 activation bytes of row `row` from value `at`, in every 32-bit lane.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, and values `at..at + 4` of row `row` lie inside `a`.
     #[inline(always)]
     unsafe fn bcast4(a: &Acts, row: usize, at: usize) -> __m512i {
-        let p = a.q.as_ptr().add(row * a.k + at);
-        _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let p = a.q.as_ptr().add(row * a.k + at);
+            _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+        }
     }
 
     /// Writes the sums of `MR` rows by `NT` tiles (the valid rows of a part tile only),
     /// through the epilogue.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `out` has room for rows `row0..row0 + MR` of `w.rows` values,
+    /// written by this caller only.
     #[inline(always)]
     unsafe fn store<const MR: usize, const NT: usize>(
         w: &Packed,
@@ -534,33 +569,39 @@ mod x86 {
         tile0: usize,
         out: *mut f32,
     ) {
-        let n = w.rows;
-        for t in 0..NT {
-            let first = (tile0 + t) * TILE;
-            let valid = (n - first).min(TILE);
-            let mask: __mmask16 = if valid == TILE {
-                0xFFFF
-            } else {
-                (1u16 << valid) - 1
-            };
-            let bias = match then.bias {
-                Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(first)),
-                None => _mm512_setzero_ps(),
-            };
-            for (i, acc_row) in acc.iter().enumerate() {
-                let mut v = _mm512_add_ps(acc_row[t], bias);
-                if let Some(act) = then.act {
-                    let (mut x, mut y) = ([0f32; TILE], [0f32; TILE]);
-                    _mm512_storeu_ps(x.as_mut_ptr(), v);
-                    act.run(&mut y, &x);
-                    v = _mm512_loadu_ps(y.as_ptr());
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let n = w.rows;
+            for t in 0..NT {
+                let first = (tile0 + t) * TILE;
+                let valid = (n - first).min(TILE);
+                let mask: __mmask16 = if valid == TILE {
+                    0xFFFF
+                } else {
+                    (1u16 << valid) - 1
+                };
+                let bias = match then.bias {
+                    Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(first)),
+                    None => _mm512_setzero_ps(),
+                };
+                for (i, acc_row) in acc.iter().enumerate() {
+                    let mut v = _mm512_add_ps(acc_row[t], bias);
+                    if let Some(act) = then.act {
+                        let (mut x, mut y) = ([0f32; TILE], [0f32; TILE]);
+                        _mm512_storeu_ps(x.as_mut_ptr(), v);
+                        act.run(&mut y, &x);
+                        v = _mm512_loadu_ps(y.as_ptr());
+                    }
+                    _mm512_mask_storeu_ps(out.add((row0 + i) * n + first), mask, v);
                 }
-                _mm512_mask_storeu_ps(out.add((row0 + i) * n + first), mask, v);
             }
         }
     }
 
     /// `mr` (1..=4) rows against `nt` tiles (q8_0: 1, 2 or 4; q4k: 1 or 2).
+    ///
+    /// # Safety
+    /// As for [`q8_0`], with `mr` and `nt` for `MR` and `NT`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn dispatch(
@@ -573,21 +614,24 @@ mod x86 {
         tile0: usize,
         out: *mut f32,
     ) {
-        match (w.kind, mr, nt) {
-            (Kind::Q8_0, 1, 4) => q8_0::<1, 4>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 1, 2) => q8_0::<1, 2>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 1, _) => q8_0::<1, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 2, 2) => q8_0::<2, 2>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 2, _) => q8_0::<2, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 3, 2) => q8_0::<3, 2>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, 3, _) => q8_0::<3, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, _, 2) => q8_0::<4, 2>(w, a, then, row0, tile0, out),
-            (Kind::Q8_0, _, _) => q8_0::<4, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q4K, 1, 2) => q4k::<1, 2>(w, a, then, row0, tile0, out),
-            (Kind::Q4K, 1, _) => q4k::<1, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q4K, 2, _) => q4k::<2, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q4K, 3, _) => q4k::<3, 1>(w, a, then, row0, tile0, out),
-            (Kind::Q4K, _, _) => q4k::<4, 1>(w, a, then, row0, tile0, out),
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            match (w.kind, mr, nt) {
+                (Kind::Q8_0, 1, 4) => q8_0::<1, 4>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 1, 2) => q8_0::<1, 2>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 1, _) => q8_0::<1, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 2, 2) => q8_0::<2, 2>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 2, _) => q8_0::<2, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 3, 2) => q8_0::<3, 2>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, 3, _) => q8_0::<3, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, _, 2) => q8_0::<4, 2>(w, a, then, row0, tile0, out),
+                (Kind::Q8_0, _, _) => q8_0::<4, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q4K, 1, 2) => q4k::<1, 2>(w, a, then, row0, tile0, out),
+                (Kind::Q4K, 1, _) => q4k::<1, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q4K, 2, _) => q4k::<2, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q4K, 3, _) => q4k::<3, 1>(w, a, then, row0, tile0, out),
+                (Kind::Q4K, _, _) => q4k::<4, 1>(w, a, then, row0, tile0, out),
+            }
         }
     }
 
@@ -597,56 +641,59 @@ mod x86 {
     /// The CPU has AVX-512 F, BW and VNNI; `a` has the weight's width, a bias in `then` one
     /// value per weight row; `out` has room for `a.m` rows of `w.rows` values.
     pub(super) unsafe fn run(w: &Packed, a: &Acts, then: &Epilogue, out: *mut f32) {
-        let out = Shared::new(out);
-        let pool = candle_core::utils::barrier_pool();
-        let m = a.m;
-        // Tiles a row takes at a time: as many independent chains as the registers allow.
-        let (few_rows, many_rows) = match w.kind {
-            Kind::Q8_0 => (4, 2),
-            Kind::Q4K => (2, 1),
-        };
-        // `mr` rows against the tiles from `tile0` on, `most` at a time (a rest of 3: 2 + 1).
-        let tiles_from = |mr: usize, row: usize, tile0: usize, most: usize| {
-            let end = w.tiles.min(tile0 + most);
-            let mut t = tile0;
-            while t < end {
-                let step = match end - t {
-                    4.. => 4,
-                    2 | 3 => 2,
-                    _ => 1,
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let out = Shared::new(out);
+            let pool = candle_core::utils::barrier_pool();
+            let m = a.m;
+            // Tiles a row takes at a time: as many independent chains as the registers allow.
+            let (few_rows, many_rows) = match w.kind {
+                Kind::Q8_0 => (4, 2),
+                Kind::Q4K => (2, 1),
+            };
+            // `mr` rows against the tiles from `tile0` on, `most` at a time (a rest of 3: 2 + 1).
+            let tiles_from = |mr: usize, row: usize, tile0: usize, most: usize| {
+                let end = w.tiles.min(tile0 + most);
+                let mut t = tile0;
+                while t < end {
+                    let step = match end - t {
+                        4.. => 4,
+                        2 | 3 => 2,
+                        _ => 1,
+                    }
+                    .min(most);
+                    dispatch(mr, step, w, a, then, row, t, out.at(0));
+                    t += step;
                 }
-                .min(most);
-                dispatch(mr, step, w, a, then, row, t, out.at(0));
-                t += step;
+            };
+            if m <= 2 {
+                // Few rows (decoding): each row alone against a group of tiles.
+                pool.execute_chunked(w.tiles.div_ceil(few_rows), |range| {
+                    for g in range {
+                        for row in 0..m {
+                            tiles_from(1, row, g * few_rows, few_rows);
+                        }
+                    }
+                });
+                return;
             }
-        };
-        if m <= 2 {
-            // Few rows (decoding): each row alone against a group of tiles.
-            pool.execute_chunked(w.tiles.div_ceil(few_rows), |range| {
-                for g in range {
-                    for row in 0..m {
-                        tiles_from(1, row, g * few_rows, few_rows);
+            // Many rows: units of (a group of tiles, 64 rows), tile-major so that a worker walking
+            // its range keeps the same tiles of weights in cache over the row chunks.
+            let groups = w.tiles.div_ceil(many_rows);
+            let chunks = m.div_ceil(ROW_CHUNK);
+            pool.execute_chunked(groups * chunks, |range| {
+                for unit in range {
+                    let (group, chunk) = (unit / chunks, unit % chunks);
+                    let end = m.min((chunk + 1) * ROW_CHUNK);
+                    let mut row = chunk * ROW_CHUNK;
+                    while row < end {
+                        let mr = (end - row).min(4);
+                        tiles_from(mr, row, group * many_rows, many_rows);
+                        row += mr;
                     }
                 }
             });
-            return;
         }
-        // Many rows: units of (a group of tiles, 64 rows), tile-major so that a worker walking
-        // its range keeps the same tiles of weights in cache over the row chunks.
-        let groups = w.tiles.div_ceil(many_rows);
-        let chunks = m.div_ceil(ROW_CHUNK);
-        pool.execute_chunked(groups * chunks, |range| {
-            for unit in range {
-                let (group, chunk) = (unit / chunks, unit % chunks);
-                let end = m.min((chunk + 1) * ROW_CHUNK);
-                let mut row = chunk * ROW_CHUNK;
-                while row < end {
-                    let mr = (end - row).min(4);
-                    tiles_from(mr, row, group * many_rows, many_rows);
-                    row += mr;
-                }
-            }
-        });
     }
 }
 

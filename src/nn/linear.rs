@@ -7,39 +7,30 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use std::sync::Arc;
 
+use super::dense_x86 as dcpu;
+use super::fused::Activation;
+use super::mapped::FilePages;
+use super::quantized_x86::{self as qcpu, Packed};
+use super::Vb;
 use crate::error::Result;
-use crate::model::dcpu;
-use crate::model::mapped::FilePages;
-use crate::model::ops::Activation;
-use crate::model::qcpu::{self, Packed};
-use crate::model::weights::{LinearWeight, Vb};
+use crate::types::WeightFormat;
 
-/// How the weights of the linear layers are held.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum WeightFormat {
-    #[default]
-    F32,
-    F16,
-    Q8_0,
-    Q4K,
+/// How a linear layer's weight is held once converted (what the model cache stores).
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    Dense(Tensor),
+    F16(Tensor),
+    /// With the file pages the blocks are read from, where they are read in place.
+    Quantized(std::sync::Arc<QTensor>, Option<FilePages>),
 }
 
-impl WeightFormat {
-    pub const ALL: [WeightFormat; 4] = [Self::F32, Self::F16, Self::Q8_0, Self::Q4K];
-
-    pub fn name(self) -> &'static str {
+impl LinearWeight {
+    /// Bytes the weight holds.
+    pub fn bytes(&self) -> usize {
         match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Q8_0 => "q8_0",
-            Self::Q4K => "q4k",
+            Self::Dense(t) | Self::F16(t) => tensor_bytes(t),
+            Self::Quantized(q, _) => q.storage_size_in_bytes(),
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name().eq_ignore_ascii_case(s))
     }
 }
 
@@ -86,8 +77,8 @@ fn split_rows(
         let (Some(a), Some(b)) = parts else {
             return Ok(None);
         };
-        let head = crate::model::mapped::qtensor(dtype, &[main, cols], a.clone());
-        let tail = crate::model::mapped::qtensor(dtype, &[rows - main, cols], b);
+        let head = crate::nn::mapped::qtensor(dtype, &[main, cols], a.clone());
+        let tail = crate::nn::mapped::qtensor(dtype, &[rows - main, cols], b);
         return Ok(head.zip(tail).map(|(h, t)| (h, t, Some(a))));
     }
     let data = q.data()?;
@@ -161,7 +152,7 @@ pub fn quantize(w: &Tensor, d: GgmlDType, parts: usize) -> Result<QTensor> {
                 }
             })
             .collect();
-        crate::model::ops::in_parallel("quantizing a weight", tasks)?.concat()
+        crate::nn::fused::in_parallel("quantizing a weight", tasks)?.concat()
     };
     // Built from the bytes, a GPU copy is zero-padded as when it comes from a GGUF file;
     // candle's own quantize leaves the padding after the last block uninitialised, and its
@@ -235,7 +226,7 @@ impl Linear {
         key: &str,
         in_dim: usize,
         out_dim: usize,
-        make: impl FnOnce() -> Result<Tensor>,
+        make: &dyn Fn() -> Result<Tensor>,
     ) -> Result<Self> {
         let w = vb.derived_linear_weight(key, &[out_dim, in_dim], make)?;
         Self::from_weight(w, None)
@@ -258,7 +249,7 @@ impl Linear {
     }
 
     /// Makes the copy of a quantized CPU weight that its kernels read, now (see
-    /// [`crate::model::Flamingo::prepare_weights`]): a q8_0 or q4k weight is repacked for our
+    /// a model's `prepare_weights`): a q8_0 or q4k weight is repacked for our
     /// own kernels where the CPU has them ([`qcpu`]), any other is run once through candle so
     /// that candle makes its repacked copy. A weight read in place from the model cache then
     /// gives its file pages back, as the copy is read from now on (and should the blocks be
@@ -371,29 +362,6 @@ fn transposed_for(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Something that holds linear layers, for converting them all to one format.
-pub trait HasLinears {
-    fn linears_mut(&mut self) -> Vec<&mut Linear>;
-}
-
-/// LayerNorm over the last dimension; `bias` absent means weight-only (zeros bias).
-pub fn layer_norm(
-    vb: &Vb,
-    name: &str,
-    dim: usize,
-    eps: f64,
-    bias: bool,
-) -> Result<crate::model::ops::LayerNorm> {
-    let vb = vb.pp(name);
-    let w = vb.get(&[dim], "weight")?;
-    let b = if bias {
-        vb.get(&[dim], "bias")?
-    } else {
-        w.zeros_like()?
-    };
-    Ok(crate::model::ops::LayerNorm::new(w, b, eps)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +426,7 @@ mod tests {
                 let part = QTensor::quantize(&rows, d).unwrap();
                 let want = QMatMul::from_qtensor(part).unwrap().forward(&x).unwrap();
                 let got = y.narrow(2, start, n).unwrap();
-                let diff = crate::model::ops::max_abs_diff(&got, &want);
+                let diff = crate::nn::fused::max_abs_diff(&got, &want);
                 assert_eq!(diff, 0.0, "{d:?} rows {start}..{}", start + n);
             }
         }
@@ -494,19 +462,15 @@ mod tests {
             for act in [Activation::QuickGelu, Activation::GeluErf] {
                 let fused = l.forward_then(&x, act).unwrap();
                 let apart = act.apply(&y).unwrap();
-                assert_eq!(crate::model::ops::max_abs_diff(&fused, &apart), 0.0);
+                assert_eq!(crate::nn::fused::max_abs_diff(&fused, &apart), 0.0);
             }
             // Both quantize the activations (candle per 256 values, ours per 32): close, not
             // equal.
             let want = want.broadcast_add(&b).unwrap();
-            let scale = crate::model::ops::max_abs_diff(&want, &want.zeros_like().unwrap());
-            let diff = crate::model::ops::max_abs_diff(&y, &want);
+            let scale = crate::nn::fused::max_abs_diff(&want, &want.zeros_like().unwrap());
+            let diff = crate::nn::fused::max_abs_diff(&y, &want);
             assert!(diff < bound * scale, "{d:?}: {diff} vs {scale}");
-            assert_eq!(
-                crate::model::ops::max_abs_diff(&before, &want),
-                0.0,
-                "{d:?}"
-            );
+            assert_eq!(crate::nn::fused::max_abs_diff(&before, &want), 0.0, "{d:?}");
         }
     }
 }

@@ -11,34 +11,6 @@ use crate::error::{Error, Result};
 /// Bumped when the converted layout changes; older copies are then ignored.
 const LAYOUT: &str = "flamingo-converted-1";
 
-/// The app's cache folder: `FLAMINGO_CACHE_DIR`, else the platform's cache folder
-/// (`$XDG_CACHE_HOME/flamingo` or `~/.cache/flamingo`, `~/Library/Caches/flamingo`,
-/// `%LOCALAPPDATA%\flamingo\cache`).
-pub fn app_cache_dir() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(p) = var("FLAMINGO_CACHE_DIR") {
-        return p;
-    }
-    if cfg!(target_os = "windows") {
-        if let Some(p) = var("LOCALAPPDATA") {
-            return p.join("flamingo").join("cache");
-        }
-    }
-    let home = var("HOME")
-        .or_else(|| var("USERPROFILE"))
-        .unwrap_or_else(|| PathBuf::from("."));
-    if cfg!(target_os = "macos") {
-        return home.join("Library").join("Caches").join("flamingo");
-    }
-    var("XDG_CACHE_HOME")
-        .unwrap_or_else(|| home.join(".cache"))
-        .join("flamingo")
-}
-
 /// Where converted copies live.
 #[derive(Clone, Debug)]
 pub struct ConvertCache {
@@ -61,9 +33,9 @@ impl ConvertCache {
         Self { dir: dir.into() }
     }
 
-    /// The default folder under [`app_cache_dir`].
+    /// The default folder under the app's cache folder ([`crate::platform::app_cache_dir`]).
     pub fn default_location() -> Self {
-        Self::new(app_cache_dir().join("converted"))
+        Self::new(crate::platform::app_cache_dir().join("converted"))
     }
 
     /// A key naming the source's content: the hub blob's ETag (its file name in the cache:
@@ -99,11 +71,7 @@ impl ConvertCache {
 
     /// Where the model made from `files` with linear layers in `format` is kept: named by
     /// the keys of all its weight files, so a changed file makes a new one.
-    pub fn model_path(
-        &self,
-        files: &crate::model::loader::ModelFiles,
-        format: &str,
-    ) -> Result<PathBuf> {
+    pub fn model_path(&self, files: &crate::hub::ModelFiles, format: &str) -> Result<PathBuf> {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(LAYOUT.as_bytes());
@@ -150,7 +118,7 @@ impl ConvertCache {
         match (path, kept) {
             (_, Some(t)) => Ok((t, how)),
             (Some(p), None) => Ok((
-                crate::model::weights::LazySafetensors::open(&p)?.read_all()?,
+                super::safetensors::LazySafetensors::open(&p)?.read_all()?,
                 how,
             )),
             (None, None) => Err(Error::BadWeights {
@@ -172,16 +140,15 @@ impl ConvertCache {
             .map_err(|e| Error::io(source, e))?
             .len();
         let (data, meta) = self.paths(&key);
-        if self.is_valid(&meta, size) && crate::model::weights::LazySafetensors::open(&data).is_ok()
-        {
+        if self.is_valid(&meta, size) && super::safetensors::LazySafetensors::open(&data).is_ok() {
             return Ok((Some(data), Source::Converted));
         }
         let tensors = read(source)?;
         match self.write(&tensors, &data, &meta, source, size) {
             Ok(()) => Ok((Some(data), Source::Original)),
             Err(e) => {
-                eprintln!(
-                    "note: could not keep a converted copy of {} in {}: {e}",
+                tracing::warn!(
+                    "could not keep a converted copy of {} in {}: {e}",
                     source.display(),
                     self.dir.display()
                 );
@@ -209,7 +176,7 @@ impl ConvertCache {
         size: u64,
     ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let tmp = crate::fsutil::temp_beside(data);
+        let tmp = crate::platform::temp_beside(data);
         let map: std::collections::HashMap<String, Tensor> = tensors
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
@@ -226,7 +193,7 @@ impl ConvertCache {
             "source": source.display().to_string(),
             "source_bytes": size,
         });
-        crate::fsutil::write_atomic(meta, info.to_string().as_bytes())
+        crate::platform::write_atomic(meta, info.to_string().as_bytes())
             .map_err(|e| Error::io(meta, e))
     }
 }

@@ -143,7 +143,7 @@ fn run(w: Weights, n: usize, k: usize, x: &[f32], m: usize) -> candle_core::Resu
     #[cfg(target_arch = "x86_64")]
     {
         let mut y = vec![0f32; m * n];
-        let dst = crate::model::ops::Shared::of(&mut y);
+        let dst = crate::nn::fused::Shared::of(&mut y);
         let blocks = n.div_ceil(ROWS);
         let some = |range: std::ops::Range<usize>| {
             for b in range {
@@ -170,7 +170,7 @@ fn run(w: Weights, n: usize, k: usize, x: &[f32], m: usize) -> candle_core::Resu
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Weights, ROWS};
-    use crate::model::ops::Shared;
+    use crate::nn::fused::Shared;
     use std::arch::x86_64::*;
 
     /// One product's operands: weights [n, k] (f32, or f16 when `HALF`), activations [m, k],
@@ -198,69 +198,88 @@ mod x86 {
         m: usize,
         y: Shared<f32>,
     ) {
-        let (wp, half, n) = match w {
-            Weights::F32(v) => (v.as_ptr() as *const u8, false, v.len() / k.max(1)),
-            Weights::F16(v) => (v.as_ptr() as *const u8, true, v.len() / k.max(1)),
-        };
-        let o = Operands {
-            w: wp,
-            n,
-            k,
-            x: x.as_ptr(),
-            y,
-        };
-        if rows.len() < ROWS {
-            // The last, short block: one weight row at a time.
-            for r in rows {
-                for i in 0..m {
-                    match half {
-                        false => tile::<1, 1, false>(o, r, i),
-                        true => tile::<1, 1, true>(o, r, i),
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let (wp, half, n) = match w {
+                Weights::F32(v) => (v.as_ptr() as *const u8, false, v.len() / k.max(1)),
+                Weights::F16(v) => (v.as_ptr() as *const u8, true, v.len() / k.max(1)),
+            };
+            let o = Operands {
+                w: wp,
+                n,
+                k,
+                x: x.as_ptr(),
+                y,
+            };
+            if rows.len() < ROWS {
+                // The last, short block: one weight row at a time.
+                for r in rows {
+                    for i in 0..m {
+                        match half {
+                            false => tile::<1, 1, false>(o, r, i),
+                            true => tile::<1, 1, true>(o, r, i),
+                        }
                     }
                 }
+                return;
             }
-            return;
-        }
-        // Two rows of activations at a time against the block's weight rows; after the first
-        // pair, the weight rows come from cache.
-        let mut i = 0;
-        while i + 2 <= m {
-            match half {
-                false => tile::<ROWS, 2, false>(o, rows.start, i),
-                true => tile::<ROWS, 2, true>(o, rows.start, i),
+            // Two rows of activations at a time against the block's weight rows; after the first
+            // pair, the weight rows come from cache.
+            let mut i = 0;
+            while i + 2 <= m {
+                match half {
+                    false => tile::<ROWS, 2, false>(o, rows.start, i),
+                    true => tile::<ROWS, 2, true>(o, rows.start, i),
+                }
+                i += 2;
             }
-            i += 2;
-        }
-        if i < m {
-            match half {
-                false => tile::<ROWS, 1, false>(o, rows.start, i),
-                true => tile::<ROWS, 1, true>(o, rows.start, i),
+            if i < m {
+                match half {
+                    false => tile::<ROWS, 1, false>(o, rows.start, i),
+                    true => tile::<ROWS, 1, true>(o, rows.start, i),
+                }
             }
         }
     }
 
     /// Eight weights from index `at` (f32, or f16 widened) as f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, and weights `at..at + 8` lie inside the buffer at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8<const HALF: bool>(p: *const u8, at: usize) -> __m256 {
-        if HALF {
-            _mm256_cvtph_ps(_mm_loadu_si128(p.add(at * 2) as *const __m128i))
-        } else {
-            _mm256_loadu_ps(p.add(at * 4) as *const f32)
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            if HALF {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(at * 2) as *const __m128i))
+            } else {
+                _mm256_loadu_ps(p.add(at * 4) as *const f32)
+            }
         }
     }
 
     /// One weight at index `at` as f32.
+    ///
+    /// # Safety
+    /// Weight `at` lies inside the buffer at `p`.
     #[inline]
     unsafe fn load1<const HALF: bool>(p: *const u8, at: usize) -> f32 {
-        if HALF {
-            half::f16::from_bits((p.add(at * 2) as *const u16).read_unaligned()).to_f32()
-        } else {
-            (p.add(at * 4) as *const f32).read_unaligned()
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            if HALF {
+                half::f16::from_bits((p.add(at * 2) as *const u16).read_unaligned()).to_f32()
+            } else {
+                (p.add(at * 4) as *const f32).read_unaligned()
+            }
         }
     }
 
     /// y[i + j, n0 + r] for the R weight rows from n0 and the M activation rows from i.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; weight rows `n0..n0 + R` and activation rows `i..i + M`
+    /// lie inside their buffers, and no other thread writes the outputs of this tile.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const R: usize, const M: usize, const HALF: bool>(
@@ -268,32 +287,35 @@ mod x86 {
         n0: usize,
         i: usize,
     ) {
-        let k = o.k;
-        let whole = k - k % 8;
-        let mut acc = [[_mm256_setzero_ps(); M]; R];
-        let mut c = 0;
-        while c < whole {
-            let mut xs = [_mm256_setzero_ps(); M];
-            for (j, v) in xs.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(o.x.add((i + j) * k + c));
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                let wv = load8::<HALF>(o.w, (n0 + r) * k + c);
-                for (s, xv) in a.iter_mut().zip(&xs) {
-                    *s = _mm256_fmadd_ps(wv, *xv, *s);
+        // SAFETY: the caller upholds this function's contract (# Safety above).
+        unsafe {
+            let k = o.k;
+            let whole = k - k % 8;
+            let mut acc = [[_mm256_setzero_ps(); M]; R];
+            let mut c = 0;
+            while c < whole {
+                let mut xs = [_mm256_setzero_ps(); M];
+                for (j, v) in xs.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(o.x.add((i + j) * k + c));
                 }
-            }
-            c += 8;
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (j, s) in a.iter().enumerate() {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), *s);
-                let mut sum: f32 = lanes.iter().sum();
-                for cc in whole..k {
-                    sum += load1::<HALF>(o.w, (n0 + r) * k + cc) * *o.x.add((i + j) * k + cc);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = load8::<HALF>(o.w, (n0 + r) * k + c);
+                    for (s, xv) in a.iter_mut().zip(&xs) {
+                        *s = _mm256_fmadd_ps(wv, *xv, *s);
+                    }
                 }
-                *o.y.at((i + j) * o.n + n0 + r) = sum;
+                c += 8;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (j, s) in a.iter().enumerate() {
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), *s);
+                    let mut sum: f32 = lanes.iter().sum();
+                    for cc in whole..k {
+                        sum += load1::<HALF>(o.w, (n0 + r) * k + cc) * *o.x.add((i + j) * k + cc);
+                    }
+                    *o.y.at((i + j) * o.n + n0 + r) = sum;
+                }
             }
         }
     }

@@ -1,0 +1,137 @@
+//! What the app keeps on disk: the working set (restored at the next start, written
+//! atomically shortly after each change) and the settings, both in the app's data folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::images::{Source, Target};
+use super::samples;
+use super::state::{self, Settings, WorkingSet};
+use super::FlamingoApp;
+
+const WORKING_SET_FILE: &str = "working-set.flamingo.json";
+const SETTINGS_FILE: &str = "settings.json";
+
+/// The app's data folder (`~/.local/share/flamingo` on Linux).
+pub fn default_data_dir() -> Option<PathBuf> {
+    eframe::storage_dir(super::APP_ID)
+}
+
+/// The settings saved in `dir`, or the defaults when there are none (or they are unreadable).
+pub fn read_settings(dir: &Path) -> Settings {
+    std::fs::read_to_string(dir.join(SETTINGS_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the settings into `dir`.
+pub fn write_settings(dir: &Path, settings: &Settings) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(settings).map_err(std::io::Error::other)?;
+    crate::platform::write_atomic(&dir.join(SETTINGS_FILE), json.as_bytes())
+}
+
+impl FlamingoApp {
+    fn working_set_path(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.join(WORKING_SET_FILE))
+    }
+
+    /// The last working set, or on a first launch the bundled sample set.
+    pub(super) fn restore_working_set(&mut self) {
+        let saved = self.working_set_path().filter(|p| p.exists());
+        match saved {
+            Some(p) => match std::fs::read_to_string(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|t| state::set_from_json(&t))
+            {
+                Ok(set) => self.install_set(set),
+                Err(e) => {
+                    // Keep the unreadable file for the user; start from the samples.
+                    let keep = p.with_extension("unreadable.json");
+                    let _ = std::fs::rename(&p, &keep);
+                    self.error(format!(
+                        "The last working set could not be read ({e}); it was kept as {}",
+                        keep.display()
+                    ));
+                    self.install_samples();
+                }
+            },
+            None => self.install_samples(),
+        }
+    }
+
+    fn install_samples(&mut self) {
+        match state::set_from_json(&samples::sample_set_json()) {
+            Ok(set) => {
+                self.install_set(set);
+                self.info("Welcome! Sample examples are loaded: press Generate to caption the query, then change the examples and see the caption change.".into());
+            }
+            Err(e) => self.error(format!("The sample set is damaged: {e}")),
+        }
+    }
+
+    pub(super) fn install_set(&mut self, set: state::LoadedSet) {
+        self.ws = WorkingSet::new();
+        self.ws.task = set.task;
+        self.ws.question = set.question;
+        self.ws.caption_templates = set.caption_templates;
+        self.ws.vqa_templates = set.vqa_templates;
+        for (name, bytes, text, enabled) in set.examples {
+            self.loading_images += 1;
+            self.loader.submit(
+                Source::Bytes { name, bytes },
+                Target::Example { text, enabled },
+            );
+        }
+        if let Some((name, bytes)) = set.query {
+            self.loading_images += 1;
+            self.loader
+                .submit(Source::Bytes { name, bytes }, Target::Query);
+        }
+    }
+
+    pub(super) fn remember_recent(&mut self, path: PathBuf) {
+        self.settings.recent_sets.retain(|p| p != &path);
+        self.settings.recent_sets.insert(0, path);
+        self.settings.recent_sets.truncate(8);
+    }
+
+    pub(super) fn autosave(&mut self) {
+        let Some(since) = self.dirty_since else {
+            return;
+        };
+        if since.elapsed() < Duration::from_millis(800) || self.loading_images > 0 {
+            return;
+        }
+        self.dirty_since = None;
+        let Some(path) = self.working_set_path() else {
+            return;
+        };
+        let ws = self.ws.clone();
+        let _ = std::thread::Builder::new()
+            .name("flamingo-autosave".into())
+            .spawn(move || {
+                let json = state::set_to_json(&ws);
+                if let Err(e) = state::write_atomic(&path, json.as_bytes()) {
+                    eprintln!("autosave to {} failed: {e}", path.display());
+                }
+            });
+    }
+
+    /// Writes the working set now (tests; on exit).
+    pub fn save_working_set_now(&mut self) -> std::io::Result<()> {
+        self.dirty_since = None;
+        match self.working_set_path() {
+            Some(p) => state::write_atomic(&p, state::set_to_json(&self.ws).as_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the working set and the settings now (on exit).
+    pub fn save_now(&mut self) -> std::io::Result<()> {
+        if let Some(dir) = &self.data_dir {
+            write_settings(dir, &self.settings)?;
+        }
+        self.save_working_set_now()
+    }
+}

@@ -1,0 +1,142 @@
+//! GGUF files (the app's per-format model cache), read one tensor at a time, quantized
+//! weights in place from a memory map.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::nn::mapped::FilePages;
+
+/// A GGUF file (the app's per-format model cache), read one tensor at a time.
+pub struct GgufFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    /// The whole file mapped, where the system allows it: quantized CPU tensors are read in
+    /// place (see [`crate::model::mapped`]).
+    map: Option<std::sync::Arc<memmap2::Mmap>>,
+    pub content: candle_core::quantized::gguf_file::Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::BadWeights {
+                path: path.to_path_buf(),
+                reason: format!("not a readable GGUF file ({e})"),
+            }
+        })?;
+        // SAFETY: a read-only map of a file the app only ever replaces by renaming a new one
+        // over it (platform::write_atomic), never writes in place; every slice taken from it is bounds-checked
+        // against the map's length first (FilePages::new). Another program cutting the file
+        // short while it is mapped would crash the app, as with any memory-mapped model file.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .ok()
+            .map(std::sync::Arc::new);
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            map,
+            content,
+        })
+    }
+
+    /// The stored type of the tensor `name`.
+    pub fn dtype(&self, name: &str) -> Option<GgmlDType> {
+        self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)
+    }
+
+    /// The tensor `name` as a dense tensor on `device`: a plain (f32/f16/bf16) one in its
+    /// stored type, copied straight from the map (whose pages are then given back), a
+    /// quantized one dequantized to f32.
+    pub fn dense(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let dtype = match info.ggml_dtype {
+            GgmlDType::F32 => Some(DType::F32),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::BF16 => Some(DType::BF16),
+            _ => None,
+        };
+        if let (Some(dtype), Some(map)) = (dtype, &self.map) {
+            let pages = self.pages(map, name, info)?;
+            let t = Tensor::from_raw_buffer(pages.bytes(), dtype, info.shape.dims(), device)?;
+            pages.release();
+            return Ok(Some(t));
+        }
+        let Some(q) = self.tensor(name, device)? else {
+            return Ok(None);
+        };
+        Ok(Some(match q.dtype() {
+            GgmlDType::F16 => q.dequantize_f16(device)?,
+            _ => q.dequantize(device)?,
+        }))
+    }
+
+    /// The bytes of the tensor `info` (named `name`) in the map; an error when the file is
+    /// shorter.
+    fn pages(
+        &self,
+        map: &std::sync::Arc<memmap2::Mmap>,
+        name: &str,
+        info: &candle_core::quantized::gguf_file::TensorInfo,
+    ) -> Result<FilePages> {
+        let dtype = info.ggml_dtype;
+        let len = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let start = (self.content.tensor_data_offset as usize).saturating_add(info.offset as usize);
+        FilePages::new(map.clone(), start, len).ok_or_else(|| Error::BadWeights {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` runs past the end of the file"),
+        })
+    }
+
+    /// The tensor `name` on `device`; a plain (f32/f16/bf16) one always on the CPU, since the
+    /// GPU backends cannot dequantize those: its dequantized copy is moved over instead.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        Ok(self.tensor_in_place(name, device)?.map(|(q, _)| q))
+    }
+
+    /// Like [`GgufFile::tensor`], with the file pages a quantized CPU tensor is read from in
+    /// place (None: it was read into memory).
+    pub fn tensor_in_place(
+        &self,
+        name: &str,
+        device: &Device,
+    ) -> Result<Option<(QTensor, Option<FilePages>)>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        if let (true, Some(map)) = (device.is_cpu(), &self.map) {
+            let pages = self.pages(map, name, info)?;
+            if let Some(q) =
+                crate::nn::mapped::qtensor(info.ggml_dtype, info.shape.dims(), pages.clone())
+            {
+                return Ok(Some((q, Some(pages))));
+            }
+        }
+        let device = if matches!(
+            info.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            &Device::Cpu
+        } else {
+            device
+        };
+        let mut f = self.file.lock().map_err(|_| Error::BadWeights {
+            path: self.path.clone(),
+            reason: "the file lock is poisoned".into(),
+        })?;
+        let q = self
+            .content
+            .tensor(&mut *f, name, device)
+            .map_err(|e| Error::BadWeights {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+        Ok(Some((q, None)))
+    }
+}

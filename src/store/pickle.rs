@@ -1,0 +1,77 @@
+//! `torch.save` zip files (`.pt`, `.bin`): candle's pickle reader, which rebuilds tensors and
+//! executes nothing.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::safetensors::LazySafetensors;
+use crate::error::{Error, Result};
+
+/// Reads every tensor of a weight file by its extension.
+pub fn read_tensor_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !path.exists() {
+        return Err(bad("the file does not exist".into()));
+    }
+    if ext == "safetensors" {
+        return LazySafetensors::open(path)?.read_all();
+    }
+    let pth = open_pickle(path)?;
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = pth
+                .get(n)
+                .map_err(|e| bad(format!("tensor `{n}`: {e}")))?
+                .ok_or_else(|| bad(format!("tensor `{n}` vanished")))?;
+            Ok((n.clone(), t))
+        })
+        .collect()
+}
+
+/// The tensors of a `torch.save` zip, found at the top or under a usual state-dict key.
+pub fn open_pickle(path: &Path) -> Result<candle_core::pickle::PthTensors> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let top = candle_core::pickle::PthTensors::new(path, None)
+        .map_err(|e| bad(format!("not a readable PyTorch zip checkpoint ({e})")))?;
+    if !top.tensor_infos().is_empty() {
+        return Ok(top);
+    }
+    for key in ["model_state_dict", "state_dict", "model"] {
+        if let Ok(t) = candle_core::pickle::PthTensors::new(path, Some(key)) {
+            if !t.tensor_infos().is_empty() {
+                return Ok(t);
+            }
+        }
+    }
+    Err(bad("no tensors found".into()))
+}
+
+/// Every tensor of a weight file; a pickled one (`.pt`/`.bin`) goes through `cache` when
+/// given, so that it is unpickled only once.
+pub fn read_weights(
+    path: &Path,
+    cache: Option<&super::converted::ConvertCache>,
+) -> Result<Vec<(String, Tensor)>> {
+    let pickled = !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    match cache {
+        Some(c) if pickled && path.exists() => Ok(c.read(path, read_tensor_file)?.0),
+        _ => read_tensor_file(path),
+    }
+}
