@@ -1,6 +1,6 @@
 //! Image file bytes → normalised pixel tensor [3, S, S], as open_clip's validation transform
 //! does it with PIL: shorter side to S (bicubic with PIL's antialiasing and 8-bit fixed-point
-//! arithmetic), centre crop, ÷255, CLIP mean/std (SPEC §10).
+//! arithmetic), centre crop, ÷255, CLIP mean/std (docs/openflamingo.md §9).
 //!
 //! Two deliberate departures from the reference's PIL path: EXIF orientation is applied, and
 //! transparent pixels are composited onto white.

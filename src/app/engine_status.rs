@@ -1,9 +1,7 @@
 //! What the engine has reported, folded into plain state for the panels: the model's state,
 //! the download, the running job's output, the last ranking and what was prepared ahead.
 
-use crate::engine::{Event, JobId, ModelInfo, TokenCounter};
-use crate::generate::Timings;
-use crate::pipeline::Prepared;
+use crate::engine::{Event, JobId, ModelInfo, Prepared, Timings, TokenCounter};
 use crate::text::prompt::Task;
 
 use super::download_view::DownloadView;

@@ -113,7 +113,7 @@ impl FlamingoApp {
             .spawn(move || {
                 let json = state::set_to_json(&ws);
                 if let Err(e) = state::write_atomic(&path, json.as_bytes()) {
-                    eprintln!("autosave to {} failed: {e}", path.display());
+                    tracing::warn!("autosave to {} failed: {e}", path.display());
                 }
             });
     }

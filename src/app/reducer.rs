@@ -214,7 +214,7 @@ impl FlamingoApp {
             query,
             question: self.ws.question.clone(),
             templates: self.ws.templates().clone(),
-            generation: crate::generate::GenerationConfig {
+            generation: crate::engine::GenerationConfig {
                 max_new_tokens: self.settings.max_new_tokens,
                 ..self.settings.generation.clone()
             },

@@ -43,7 +43,7 @@ pub struct Settings {
     pub threads: Option<usize>,
     pub recent_sets: Vec<PathBuf>,
     /// Decoding options (its `max_new_tokens` is the one above).
-    pub generation: crate::generate::GenerationConfig,
+    pub generation: crate::engine::GenerationConfig,
     /// Weight format the model is loaded in. The app defaults to q8_0: about 4x faster
     /// decoding and 2x faster image encoding than f32 on a laptop CPU for a logit cosine
     /// above 0.999 (README, "Weight formats and caches"); f32 stays one click away.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
-use crate::generate::Timings;
+pub use crate::generate::{GenerationConfig, Timings};
 use crate::pipeline::Captioner;
 pub use crate::pipeline::{CaptionRequest, ImageInput, Prepared, Shot};
 use crate::types::WeightFormat;

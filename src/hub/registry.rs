@@ -1,4 +1,4 @@
-//! The released OpenFlamingo models (SPEC §1.1).
+//! The released OpenFlamingo models (docs/openflamingo.md §1).
 
 /// Language-model families; only some can run yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

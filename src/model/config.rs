@@ -73,7 +73,7 @@ impl VisionConfig {
         let head_width = get_usize("head_width").unwrap_or(64);
         let mlp_ratio = vc.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
         // OpenAI's CLIP weights were trained with QuickGELU, and open_clip <= 2.28 always used it
-        // for them (SPEC §2.1); a config that does not say otherwise gets it.
+        // for them (docs/openflamingo.md §2); a config that does not say otherwise gets it.
         let quick_gelu = model
             .get("quick_gelu")
             .and_then(Value::as_bool)

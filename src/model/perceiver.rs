@@ -1,4 +1,5 @@
-//! Perceiver resampler: the patch tokens of each image → a fixed set of latents (SPEC §3).
+//! Perceiver resampler: the patch tokens of each image → a fixed set of latents
+//! (docs/openflamingo.md §3).
 
 use candle_core::{Module, Tensor};
 

@@ -1,5 +1,6 @@
 //! CLIP ViT vision tower (open_clip key names) → patch tokens of the last residual stream,
-//! without the class token and without `ln_post`, as OpenFlamingo consumes them (SPEC §2.2).
+//! without the class token and without `ln_post`, as OpenFlamingo consumes them
+//! (docs/openflamingo.md §2).
 
 use candle_core::{Module, Tensor, D};
 

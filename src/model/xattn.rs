@@ -1,4 +1,4 @@
-//! Gated cross-attention block (SPEC §4) and the v2 media-location mask (SPEC §4.2).
+//! Gated cross-attention block and the media-location masks (docs/openflamingo.md §4).
 
 use candle_core::{Device, Module, Tensor};
 
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn text_time_counts_images_up_to_and_including_the_marker() {
-        // <img> Output : cap <eoc> <img> Output :   (SPEC §4.3 worked example, v2 column)
+        // <img> Output : cap <eoc> <img> Output :   (docs/openflamingo.md §4.3 worked example, v2 column)
         let ids = [9, 1, 2, 3, 4, 8, 1, 2, 3];
         assert_eq!(text_time(&ids, 1, 0), vec![0, 1, 1, 1, 1, 1, 2, 2, 2]);
         // Continuing after two images (cached media): new tokens see the last image.

@@ -15,14 +15,9 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 /// Most rows of activations taken here with f32 weights; more go to candle's products, which
-/// pack the weights once for all rows. f16 weights take any number: candle's f16 products on a
-/// CPU were slower at every count measured. 20 weights of 8192 x 2048, 2 threads, best of 4
-/// (seconds, ours / candle's):
-///
-/// | rows | 1 | 2 | 11 | 37 | 64 | 128 | 257 |
-/// |---|---|---|---|---|---|---|---|
-/// | f32 | 0.046 / 0.051 | 0.048 / 0.149 | 0.087 / 0.170 | 0.217 / 0.258 | 0.357 / 0.343 | 0.739 / 0.548 | 1.544 / 0.954 |
-/// | f16 | 0.024 / 0.026 | 0.026 / 0.243 | 0.061 / 0.276 | 0.152 / 0.391 | 0.252 / 0.499 | 0.506 / 0.782 | 1.012 / 1.319 |
+/// pack the weights once for all rows and are faster from about 48 rows on. f16 weights take
+/// any number: candle's f16 products on a CPU were slower at every count (figures in
+/// docs/performance.md).
 pub const MAX_F32_ROWS: usize = 48;
 
 /// Most rows of activations taken here for a weight of this type.

@@ -279,8 +279,8 @@ impl<T> Clone for Shared<T> {
 impl<T> Copy for Shared<T> {}
 // SAFETY: its users (attention heads, fused passes, quantized products and their activations)
 // give each worker its own part of the buffer to write, and read nothing another writes.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
     pub(crate) fn of(v: &mut [T]) -> Self {

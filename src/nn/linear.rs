@@ -51,8 +51,8 @@ const TILE_ROWS: usize = 16;
 
 /// candle's repacked x86 kernels take q8_0/q4k weights in whole tiles of 16 rows (and rows of
 /// whole 256-value blocks); a weight with a few rows more, like the 50280-row output
-/// projection, goes through its generic kernels instead: 7.2 ms a token instead of 4.3, and
-/// 242 ms instead of 23 for a 37-token prompt. Such a CPU weight is cut into the rows that fill
+/// projection, goes through its generic kernels instead, several times slower
+/// (docs/performance.md). Such a CPU weight is cut into the rows that fill
 /// tiles and the rest, the first read in place from the file pages where it was (only where
 /// candle's kernels are used: ours pad the last tile).
 fn split_rows(

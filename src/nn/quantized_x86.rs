@@ -1,14 +1,12 @@
 //! Quantized (q8_0, q4k) products on x86-64 CPUs with AVX-512 VNNI: our own weight layouts
 //! and kernels.
 //!
-//! candle's repacked VNNI kernels read a q8_0 weight at about half this machine's memory
-//! bandwidth in one-row products (13-14 GB/s on one core, 18-23 on two, where a plain read
-//! loop runs at 21 and 24-37), and its q4k ones slower still (7.6 GB/s on two cores): with a single
-//! row there is little arithmetic per byte, and their loops run one dependent chain of
-//! `vpdpbusd` at a time. Decoding is nothing but such products, so here the same weights are
-//! laid out for streaming and multiplied with several independent chains. Products of many
-//! rows (prompts, images) take 4 rows at a time against 1 or 2 tiles: 460-620 GFLOP/s against
-//! candle's 270-370 on a 257 x 2048 x 8192 q8_0 product here.
+//! candle's repacked VNNI kernels read a q8_0 weight at about half the machine's memory
+//! bandwidth in one-row products, and its q4k ones slower still: with a single row there is
+//! little arithmetic per byte, and their loops run one dependent chain of `vpdpbusd` at a time.
+//! Decoding is nothing but such products, so here the same weights are laid out for streaming
+//! and multiplied with several independent chains. Products of many rows (prompts, images)
+//! take 4 rows at a time against 1 or 2 tiles (figures in docs/performance.md).
 //!
 //! Both layouts cut the output rows in tiles of 16 (one 512-bit register holds a tile's 16
 //! sums) and keep each tile's blocks in order, in 64-byte lines. A "line" of weights holds 4

@@ -1,6 +1,6 @@
 //! Builds a [`Flamingo`] from the three released pieces the hub found: the CLIP tower
 //! (open_clip format), the LM (its own repo) and OpenFlamingo's `checkpoint.pt` (perceiver,
-//! cross-attention, resized embedding); docs/openflamingo.md, "Checkpoints". A model in a
+//! cross-attention, resized embedding; docs/openflamingo.md §6). A model in a
 //! weight format other than f32 is kept whole in the model cache after its first load and
 //! read from there (quantized weights in place) afterwards.
 

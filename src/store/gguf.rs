@@ -140,3 +140,61 @@ impl GgufFile {
         Ok(Some((q, None)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    use super::GgufFile;
+    use crate::nn::fused::max_abs_diff as max_diff;
+
+    #[test]
+    fn weights_read_in_place_equal_weights_read_into_memory() {
+        let dev = Device::Cpu;
+        // 32x512 takes candle's repacked x86 kernels (where the CPU has them); 24x64 does not.
+        let shapes = [(32usize, 512usize), (24, 64)];
+        let mut kept = Vec::new();
+        for (i, &(n, k)) in shapes.iter().enumerate() {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            for (d, name) in [(GgmlDType::Q8_0, "q8"), (GgmlDType::Q4K, "q4k")] {
+                if k % d.block_size() == 0 {
+                    kept.push((
+                        format!("{name}.{i}"),
+                        std::sync::Arc::new(QTensor::quantize(&w, d).unwrap()),
+                    ));
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let refs: Vec<(&str, &QTensor)> =
+            kept.iter().map(|(n, q)| (n.as_str(), q.as_ref())).collect();
+        let mut f = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut f, &[], &refs).unwrap();
+        drop(f);
+
+        let g = GgufFile::open(&path).unwrap();
+        for (name, q) in &kept {
+            let (mapped, pages) = g.tensor_in_place(name, &dev).unwrap().unwrap();
+            let pages = pages.expect("a quantized CPU tensor is read in place");
+            assert_eq!(mapped.dtype(), q.dtype());
+            assert_eq!(mapped.data().unwrap(), q.data().unwrap(), "{name}");
+            let (_, k) = q.shape().dims2().unwrap();
+            let x = Tensor::randn(0f32, 1.0, (5, k), &dev).unwrap();
+            let want = QMatMul::from_arc(q.clone()).unwrap();
+            let got = QMatMul::from_qtensor(mapped).unwrap();
+            let y0 = want.forward(&x).unwrap();
+            assert_eq!(max_diff(&got.forward(&x).unwrap(), &y0), 0.0, "{name}");
+            // The pages given back, the blocks read again come from the file unchanged.
+            pages.release();
+            assert_eq!(max_diff(&got.forward(&x).unwrap(), &y0), 0.0, "{name}");
+            let QMatMul::QTensor(t) = &got else {
+                panic!("not quantized")
+            };
+            let a = t.dequantize(&dev).unwrap();
+            let b = q.dequantize(&dev).unwrap();
+            assert_eq!(max_diff(&a, &b), 0.0, "{name}");
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub const IMAGE: &str = "<image>";
 pub const PAD: &str = "<PAD>";
 
 /// The LM tokenizer with `<|endofchunk|>`, `<image>` (and `<PAD>` when the base has no pad
-/// token) added in that order, as OpenFlamingo's factory does (SPEC §8).
+/// token) added in that order, as OpenFlamingo's factory does (docs/openflamingo.md §7).
 #[derive(Clone)]
 pub struct TextTokenizer {
     tok: Tokenizer,

@@ -72,8 +72,8 @@ pub fn format_template(tmpl: &str, fields: &[(&str, &str)]) -> Result<String> {
 /// the zero-shot template is the whole prompt (it holds the query's `<image>`).
 ///
 /// mmpretrain appends the final template to its zero-shot prompt too; with its defaults that
-/// gives two `<image>` markers for one image (SPEC §12.17), so a zero-shot template here is
-/// complete by itself.
+/// gives two `<image>` markers for one image (docs/openflamingo.md §8), so a zero-shot template
+/// here is complete by itself.
 pub fn caption_prompt(t: &Templates, shot_captions: &[&str]) -> Result<String> {
     let shots: Vec<ShotText> = shot_captions
         .iter()
@@ -111,8 +111,9 @@ impl Templates {
     }
 }
 
-/// Named prompt styles (SPEC §9): `mmpretrain` (the seed's configs, the default) and
-/// `open_flamingo` (its v2 evaluation: a newline after each example, "Short answer").
+/// Named prompt styles (docs/openflamingo.md §8): `mmpretrain` (the seed's configs, the
+/// default) and `open_flamingo` (its v2 evaluation: a newline after each example, "Short
+/// answer").
 pub const PRESETS: &[&str] = &["mmpretrain", "open_flamingo"];
 
 pub fn preset(name: &str, task: Task) -> Option<Templates> {

@@ -1,4 +1,5 @@
-//! MosaicGPT (the remote-code LM of `anas-awadalla/mpt-1b-redpajama-200b`, SPEC §6.1):
+//! MosaicGPT, the remote-code LM of `anas-awadalla/mpt-1b-redpajama-200b`
+//! (docs/openflamingo.md §5.1):
 //! pre-norm blocks, fused QKV with q/k LayerNorm, ALiBi, no biases, tied output embedding.
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::nn::{split_heads, HasLinears, Linear, Vb};
 
 const LN_EPS: f64 = 1e-5;
 
-/// MosaicGPT (`model_type: mosaic_gpt`), the LM of OpenFlamingo-3B (SPEC §6.1).
+/// MosaicGPT (`model_type: mosaic_gpt`), the LM of OpenFlamingo-3B (docs/openflamingo.md §5.1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MosaicGptConfig {
     pub d_model: usize,
