@@ -19,9 +19,9 @@ use crate::types::WeightFormat;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// `tiny` (the test fixtures' shape) or `3b` (OpenFlamingo-3B-vitl-mpt1b).
-    #[arg(long, default_value = "tiny")]
-    pub shape: String,
+    /// The model shape: the test fixtures' or a released model's.
+    #[arg(long, value_enum, default_value_t = Shape::Tiny)]
+    pub shape: Shape,
     /// Generated tokens to time.
     #[arg(long, default_value_t = 20)]
     pub tokens: usize,
@@ -53,11 +53,31 @@ pub enum DeviceArg {
     Cpu,
 }
 
-/// The vision tower, the language model and the cross-attention interval of a named shape.
-pub fn shapes(name: &str) -> Option<(VisionConfig, LmConfig, usize)> {
+/// The shapes `bench` builds.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The test fixtures' (MosaicGPT, width 32).
+    #[value(name = "tiny")]
+    Tiny,
+    /// OpenFlamingo-3B-vitl-mpt1b.
+    #[value(name = "3b")]
+    B3,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::B3 => "3b",
+        }
+    }
+}
+
+/// The vision tower, the language model and the cross-attention interval of a shape.
+pub fn shapes(shape: Shape) -> (VisionConfig, LmConfig, usize) {
     let lm = |c: MosaicGptConfig| LmConfig(std::sync::Arc::new(c));
-    match name {
-        "tiny" => Some((
+    match shape {
+        Shape::Tiny => (
             VisionConfig {
                 width: 64,
                 layers: 2,
@@ -71,9 +91,8 @@ pub fn shapes(name: &str) -> Option<(VisionConfig, LmConfig, usize)> {
                 ..MosaicGptConfig::mpt_1b()
             }),
             1,
-        )),
-        "3b" => Some((VisionConfig::vit_l14(), lm(MosaicGptConfig::mpt_1b()), 1)),
-        _ => None,
+        ),
+        Shape::B3 => (VisionConfig::vit_l14(), lm(MosaicGptConfig::mpt_1b()), 1),
     }
 }
 
@@ -188,8 +207,7 @@ fn record_bytes(record: &[(String, Recorded)]) -> usize {
 /// (quantized weights read in place) and does the timings, so that its peak memory is the
 /// app's.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let (vcfg, lm_cfg, every) = shapes(&a.shape)
-        .ok_or_else(|| anyhow::anyhow!("unknown shape `{}` (use tiny or 3b)", a.shape))?;
+    let (vcfg, lm_cfg, every) = shapes(a.shape);
     let (device, device_label) = match a.device {
         DeviceArg::Cpu => (Device::Cpu, "CPU".to_string()),
         DeviceArg::Auto => crate::platform::pick_device(),
@@ -278,7 +296,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     out.insert("build_s".into(), build_s.into());
     out.insert("fidelity_vs_f32".into(), fidelity);
-    out.insert("shape".into(), a.shape.clone().into());
+    out.insert("shape".into(), a.shape.name().into());
     out.insert("dtype".into(), fmt.name().into());
     out.insert("device".into(), device_label.into());
     out.insert(
@@ -300,7 +318,7 @@ fn time_in_child(
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("bench")
-        .args(["--shape", &a.shape, "--dtype", a.dtype.name()])
+        .args(["--shape", a.shape.name(), "--dtype", a.dtype.name()])
         .args([
             "--device",
             match a.device {
