@@ -49,3 +49,37 @@ impl std::fmt::Display for WeightFormat {
         f.write_str(self.name())
     }
 }
+
+/// Which image a text token cross-attends to (docs/openflamingo.md §4.2, §4.3).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum MediaAttention {
+    /// OpenFlamingo v2: the latest image before (or at) the token; generated tokens the last
+    /// image of the prompt.
+    #[default]
+    #[value(name = "previous")]
+    Previous,
+    /// OpenFlamingo v1 and mmpretrain (`attend_previous=False`): the image that follows the
+    /// token; text after the last image (and every generated token) attends to none.
+    #[value(name = "next")]
+    Next,
+}
+
+impl MediaAttention {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Previous => "previous",
+            Self::Next => "next",
+        }
+    }
+}

@@ -498,7 +498,9 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
         .with_size(egui::vec2(1180.0, 760.0))
         .build_eframe(move |cc| FlamingoApp::new(cc, opts));
     // Nothing is fetched before the user asks: gigabytes wait for a click.
-    h.step();
+    wait_until(&mut h, "the engine's word that a download is needed", |a| {
+        a.status.download_needed.is_some()
+    });
     assert!(matches!(h.state().status.model, ModelState::NotLoaded));
     assert_eq!(server.gets(), 0);
     h.get_by_label_contains("Download (~11 GB) and load")

@@ -12,6 +12,7 @@ use flamingo::hub::{registry, resolve_in};
 use flamingo::pipeline::batched_prompt;
 use flamingo::text::prompt::{caption_prompt, Templates};
 use flamingo::text::TextTokenizer;
+use flamingo::types::MediaAttention;
 
 fn pixels(names: &[&str]) -> Tensor {
     let pix = reference("pixels.safetensors");
@@ -56,7 +57,8 @@ fn check(set: &str, config: GenerationConfig) {
         .zip(&ids)
         .map(|((_, px), ids)| (model.encode_images(px).unwrap(), ids.as_slice()))
         .collect();
-    let (mut session, logits) = batched_prompt(&model, &rows, tok.pad_id).unwrap();
+    let (mut session, logits) =
+        batched_prompt(&model, &rows, tok.pad_id, MediaAttention::Previous).unwrap();
     let prompts: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let batch = decode_batch(&mut session, &logits, &prompts, &opts, tok.pad_id, &cancel).unwrap();
     for (i, ((_, px), ids)) in cases.iter().zip(&ids).enumerate() {

@@ -219,6 +219,7 @@ impl FlamingoApp {
                 ..self.settings.generation.clone()
             },
             keep_logits: false,
+            media_attention: self.settings.media_attention,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Settings {
     /// Encode the examples' images and run their prompt in the background while the user
     /// edits, so that Generate starts from there.
     pub prepare_ahead: bool,
+    /// Which image text attends to; None: the model's own.
+    pub media_attention: Option<crate::types::MediaAttention>,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             generation: Default::default(),
             weights: crate::types::WeightFormat::Q8_0,
             prepare_ahead: true,
+            media_attention: None,
         }
     }
 }

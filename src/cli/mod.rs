@@ -16,7 +16,7 @@ use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
 use crate::text::prompt::{preset, ShotText, Task, Templates};
-use crate::types::WeightFormat;
+use crate::types::{MediaAttention, WeightFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,6 +109,10 @@ pub struct PromptArgs {
     /// Weight format of the linear layers.
     #[arg(long, value_enum, default_value_t = WeightFormat::F32)]
     pub dtype: WeightFormat,
+    /// Which image text attends to: `previous` (OpenFlamingo v2) or `next` (v1, mmpretrain);
+    /// default: the model's own (`next` for OpenFlamingo-9B-deprecated).
+    #[arg(long, value_enum)]
+    pub media_attention: Option<MediaAttention>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -343,6 +347,7 @@ impl PromptArgs {
             templates: self.templates()?,
             generation: GenerationConfig::default(),
             keep_logits: false,
+            media_attention: self.media_attention,
         };
         let (device, _) = crate::platform::pick_device();
         let fmt = self.dtype;

@@ -1,5 +1,7 @@
 //! The released OpenFlamingo models (docs/openflamingo.md §1).
 
+use crate::types::MediaAttention;
+
 /// Language-model families; only some can run yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LmFamily {
@@ -11,7 +13,7 @@ pub enum LmFamily {
 
 impl LmFamily {
     pub fn supported(self) -> bool {
-        matches!(self, LmFamily::MosaicGpt)
+        true
     }
 }
 
@@ -28,6 +30,8 @@ pub struct ModelSpec {
     pub download_gb: f64,
     /// Approximate memory to run it in f32, GB (q8_0 needs about a third of it).
     pub ram_gb: f64,
+    /// Which image text attends to by default: v2's for the v2 models, v1's for the v1 one.
+    pub media_attention: MediaAttention,
 }
 
 pub const DEFAULT_MODEL: &str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b";
@@ -44,6 +48,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 1,
         download_gb: 11.0,
         ram_gb: 11.0,
+        media_attention: MediaAttention::Previous,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
@@ -55,6 +60,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 1,
         download_gb: 11.0,
         ram_gb: 11.0,
+        media_attention: MediaAttention::Previous,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-4B-vitl-rpj3b",
@@ -66,6 +72,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 2,
         download_gb: 12.5,
         ram_gb: 16.0,
+        media_attention: MediaAttention::Previous,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-4B-vitl-rpj3b-langinstruct",
@@ -77,6 +84,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 2,
         download_gb: 12.5,
         ram_gb: 16.0,
+        media_attention: MediaAttention::Previous,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-9B-vitl-mpt7b",
@@ -88,6 +96,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 4,
         download_gb: 20.0,
         ram_gb: 36.0,
+        media_attention: MediaAttention::Previous,
     },
     ModelSpec {
         id: "openflamingo/OpenFlamingo-9B-deprecated",
@@ -99,6 +108,7 @@ pub const MODELS: &[ModelSpec] = &[
         cross_attn_every: 4,
         download_gb: 20.0,
         ram_gb: 36.0,
+        media_attention: MediaAttention::Next,
     },
 ];
 
@@ -155,7 +165,8 @@ impl ModelSpec {
         Files {
             clip_config: need(self.clip_repo, &["open_clip_config.json"]),
             lm_config: need(self.lm_repo, &["config.json"]),
-            tokenizer: need(self.lm_repo, &["tokenizer.json"]),
+            // A SentencePiece model where the repo has no `tokenizer.json` (LLaMA repos).
+            tokenizer: need(self.lm_repo, &["tokenizer.json", "tokenizer.model"]),
             clip_weights: need(
                 self.clip_repo,
                 &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::nn::{HasLinears, Linear, Vb};
-use crate::types::WeightFormat;
+use crate::types::{MediaAttention, WeightFormat};
 use config::VisionConfig;
 use lm::LmConfig;
 use lm::{LanguageModel, LayerCache};
@@ -228,8 +228,13 @@ impl Flamingo {
     }
 
     /// Starts a decoding session for a batch whose images are `media` [B, T_img, L, Dv]
-    /// (T_img may be 0 for a text-only prompt).
+    /// (T_img may be 0 for a text-only prompt), with v2's media attention.
     pub fn session(&self, media: &Tensor) -> Result<Session<'_>> {
+        self.session_in(media, MediaAttention::Previous)
+    }
+
+    /// [`Flamingo::session`] with the media attention `mode`.
+    pub fn session_in(&self, media: &Tensor, mode: MediaAttention) -> Result<Session<'_>> {
         let (b, t_img, l, dv) = media.dims4()?;
         let flat = media.reshape((b, t_img * l, dv))?.to_device(&self.device)?;
         let media_kv = self
@@ -245,6 +250,7 @@ impl Flamingo {
                 images_seen: vec![0; b],
                 key_mask: vec![Vec::new(); b],
                 n_images: t_img,
+                mode,
                 n_latents: l,
                 batch: b,
             },
@@ -262,6 +268,7 @@ pub struct SessionState {
     images_seen: Vec<u32>,
     key_mask: Vec<Vec<bool>>,
     n_images: usize,
+    mode: MediaAttention,
     n_latents: usize,
     batch: usize,
 }
@@ -353,8 +360,14 @@ impl Session<'_> {
             .iter()
             .zip(self.st.images_seen.iter_mut())
             .map(|(row, seen)| {
-                let tt = xattn::text_time(row, m.media_id, *seen);
-                *seen = tt.last().copied().unwrap_or(*seen);
+                let tt = xattn::text_time(
+                    row,
+                    m.media_id,
+                    *seen,
+                    self.st.n_images as u32,
+                    self.st.mode,
+                );
+                *seen += row.iter().filter(|&&t| t == m.media_id).count() as u32;
                 tt
             })
             .collect();

@@ -8,20 +8,58 @@ use crate::nn::norm::layer_norm;
 use crate::nn::split_heads;
 use crate::nn::Vb;
 use crate::nn::{HasLinears, Linear};
+use crate::types::MediaAttention;
 
-/// For each token, which image it may see: 0 = none, k = the k-th image (1-based).
+/// For each token, which image it may see: 0 = none, k = the k-th image (1-based), given the
+/// images before these tokens and the `n_images` the row holds.
 ///
-/// v2 rule: the running count of `<image>` tokens up to and including the token.
-pub fn text_time(ids: &[u32], media_id: u32, images_before: u32) -> Vec<u32> {
+/// - [`MediaAttention::Previous`] (v2): the running count of `<image>` tokens up to and
+///   including the token.
+/// - [`MediaAttention::Next`] (v1): that count plus one for every token that is not `<image>`,
+///   and none where it passes the row's last image.
+pub fn text_time(
+    ids: &[u32],
+    media_id: u32,
+    images_before: u32,
+    n_images: u32,
+    mode: MediaAttention,
+) -> Vec<u32> {
     let mut count = images_before;
     ids.iter()
         .map(|&t| {
             if t == media_id {
                 count += 1;
             }
-            count
+            match mode {
+                MediaAttention::Previous => count,
+                MediaAttention::Next => {
+                    let time = if t == media_id { count } else { count + 1 };
+                    if time > n_images {
+                        0
+                    } else {
+                        time
+                    }
+                }
+            }
         })
         .collect()
+}
+
+/// Where a prompt can be cut so that the part before does not depend on its last image: the
+/// index of the last `<image>` (v2: tokens before it never see it), or just after the one
+/// before it (v1: text before an image attends to that image). None when there is no such cut.
+pub fn split_before_last_image(ids: &[u32], media_id: u32, mode: MediaAttention) -> Option<usize> {
+    let mut markers = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == media_id)
+        .map(|(i, _)| i)
+        .rev();
+    let last = markers.next()?;
+    match mode {
+        MediaAttention::Previous => Some(last),
+        MediaAttention::Next => markers.next().map(|i| i + 1),
+    }
 }
 
 /// The cross-attention mask of one forward pass, shared by every block.
@@ -191,9 +229,39 @@ mod tests {
     fn text_time_counts_images_up_to_and_including_the_marker() {
         // <img> Output : cap <eoc> <img> Output :   (docs/openflamingo.md §4.3 worked example, v2 column)
         let ids = [9, 1, 2, 3, 4, 8, 1, 2, 3];
-        assert_eq!(text_time(&ids, 1, 0), vec![0, 1, 1, 1, 1, 1, 2, 2, 2]);
+        let prev = MediaAttention::Previous;
+        assert_eq!(
+            text_time(&ids, 1, 0, 2, prev),
+            vec![0, 1, 1, 1, 1, 1, 2, 2, 2]
+        );
         // Continuing after two images (cached media): new tokens see the last image.
-        assert_eq!(text_time(&[5, 6], 1, 2), vec![2, 2]);
+        assert_eq!(text_time(&[5, 6], 1, 2, 2, prev), vec![2, 2]);
+    }
+
+    #[test]
+    fn v1_text_time_looks_at_the_next_image() {
+        // docs/openflamingo.md §4.3's worked example, v1 column.
+        let ids = [9, 1, 2, 3, 4, 8, 1, 2, 3];
+        let next = MediaAttention::Next;
+        assert_eq!(
+            text_time(&ids, 1, 0, 2, next),
+            vec![1, 1, 2, 2, 2, 2, 2, 0, 0]
+        );
+        // In two passes (a kept prefix up to and including the first image, then the rest):
+        // the same times.
+        let cut = split_before_last_image(&ids, 1, next).unwrap();
+        assert_eq!(cut, 2);
+        let mut both = text_time(&ids[..cut], 1, 0, 1, next);
+        both.extend(text_time(&ids[cut..], 1, 1, 2, next));
+        assert_eq!(both, vec![1, 1, 2, 2, 2, 2, 2, 0, 0]);
+        // Generated tokens after the prompt: none.
+        assert_eq!(text_time(&[5, 6], 1, 2, 2, next), vec![0, 0]);
+        // v2 cuts before the last image.
+        assert_eq!(
+            split_before_last_image(&ids, 1, MediaAttention::Previous),
+            Some(6)
+        );
+        assert_eq!(split_before_last_image(&[1, 5], 1, next), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod mapped;
 pub mod norm;
 pub mod quantized_x86;
+pub mod rotary;
 
 use candle_core::Tensor;
 

@@ -122,6 +122,29 @@ pub fn layer_norm(
     Ok(LayerNorm::new(w, b, eps)?)
 }
 
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · weight` (LLaMA's).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// RMSNorm `name` (its `weight`) of width `dim`.
+    pub fn load(vb: &super::Vb, name: &str, dim: usize, eps: f64) -> crate::error::Result<Self> {
+        Ok(Self {
+            weight: vb.pp(name).get(&[dim], "weight")?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl candle_core::Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

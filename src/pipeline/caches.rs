@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::Tensor;
 
 use crate::model::SessionState;
+use crate::types::MediaAttention;
 
 /// Latents of this many images are kept (each is num_latents × width floats: 256 KB for the
 /// released models).
@@ -24,7 +25,7 @@ pub struct CacheStats {
 pub(crate) struct PromptCaches {
     vision: HashMap<u64, Tensor>,
     order: VecDeque<u64>,
-    prefix: Option<(Vec<u32>, Vec<u64>, SessionState)>,
+    prefix: Option<(Vec<u32>, Vec<u64>, MediaAttention, SessionState)>,
     pub stats: CacheStats,
 }
 
@@ -51,11 +52,16 @@ impl PromptCaches {
         }
     }
 
-    /// The state after `prefix` with the images `keys`, if it was the last one kept (counted
-    /// as a hit or a miss).
-    pub fn prefix(&mut self, prefix: &[u32], keys: &[u64]) -> Option<SessionState> {
+    /// The state after `prefix` with the images `keys` in media-attention `mode`, if it was
+    /// the last one kept (counted as a hit or a miss).
+    pub fn prefix(
+        &mut self,
+        prefix: &[u32],
+        keys: &[u64],
+        mode: MediaAttention,
+    ) -> Option<SessionState> {
         match &self.prefix {
-            Some((ids, ks, st)) if ids == prefix && ks[..] == keys[..] => {
+            Some((ids, ks, m, st)) if ids == prefix && ks[..] == keys[..] && *m == mode => {
                 self.stats.prefix_hits += 1;
                 Some(st.clone())
             }
@@ -66,7 +72,13 @@ impl PromptCaches {
         }
     }
 
-    pub fn keep_prefix(&mut self, prefix: &[u32], keys: &[u64], state: SessionState) {
-        self.prefix = Some((prefix.to_vec(), keys.to_vec(), state));
+    pub fn keep_prefix(
+        &mut self,
+        prefix: &[u32],
+        keys: &[u64],
+        mode: MediaAttention,
+        state: SessionState,
+    ) {
+        self.prefix = Some((prefix.to_vec(), keys.to_vec(), mode, state));
     }
 }

@@ -19,11 +19,12 @@ use crate::generate::beam::{beam_search, BeamConfig};
 use crate::generate::score::{check_fits, score_after, CandidateScore};
 use crate::generate::{check_budget, decode, decode_batch, GenerateOptions, Generated, Timings};
 use crate::hub::{self, registry, ModelFiles};
+use crate::model::xattn::split_before_last_image;
 use crate::model::{Flamingo, Session};
 use crate::store::converted::ConvertCache;
 use crate::text::prompt::answer;
 use crate::text::TextTokenizer;
-use crate::types::WeightFormat;
+use crate::types::{MediaAttention, WeightFormat};
 pub use caches::CacheStats;
 use caches::PromptCaches;
 pub use request::{BeamHypothesis, CaptionRequest, CaptionResult, ImageInput, Prepared, Shot};
@@ -35,6 +36,8 @@ pub struct Captioner {
     pub load_s: f64,
     /// Reuse image latents and the prompt prefix between requests (on by default).
     pub use_caches: bool,
+    /// The model's media attention (v1's for the v1 model), unless a request says otherwise.
+    pub default_media_attention: MediaAttention,
     caches: Mutex<PromptCaches>,
 }
 
@@ -71,6 +74,7 @@ pub fn batched_prompt<'m>(
     model: &'m Flamingo,
     rows: &[(Tensor, &[u32])],
     pad_id: u32,
+    mode: MediaAttention,
 ) -> Result<(Session<'m>, Tensor)> {
     let b = rows.len();
     if b == 0 || rows.iter().any(|(_, ids)| ids.is_empty()) {
@@ -97,7 +101,7 @@ pub fn batched_prompt<'m>(
             Ok(l.unsqueeze(0)?)
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut session = model.session(&Tensor::cat(&media, 0)?)?;
+    let mut session = model.session_in(&Tensor::cat(&media, 0)?, mode)?;
     let mut ids = Vec::with_capacity(b);
     let mut pad = Vec::with_capacity(b);
     for (_, prompt) in rows {
@@ -217,6 +221,7 @@ impl Captioner {
             model_id: spec.id.to_string(),
             load_s: t0.elapsed().as_secs_f64(),
             use_caches: true,
+            default_media_attention: spec.media_attention,
             caches: Mutex::new(PromptCaches::default()),
         })
     }
@@ -270,10 +275,19 @@ impl Captioner {
         Ok(t)
     }
 
-    /// The prompt before the query's `<image>` and the rest.
-    fn split_at_query<'a>(&self, prompt_ids: &'a [u32]) -> (&'a [u32], &'a [u32]) {
-        let media_id = self.tokenizer.media_id;
-        let split = prompt_ids.iter().rposition(|&t| t == media_id).unwrap_or(0);
+    /// The media attention a request runs with: its own, else the model's.
+    pub fn media_attention(&self, req: &CaptionRequest) -> MediaAttention {
+        req.media_attention.unwrap_or(self.default_media_attention)
+    }
+
+    /// The prompt up to the point where the query's image starts to matter, and the rest
+    /// (an empty prefix when there is none).
+    fn split_at_query<'a>(
+        &self,
+        prompt_ids: &'a [u32],
+        mode: MediaAttention,
+    ) -> (&'a [u32], &'a [u32]) {
+        let split = split_before_last_image(prompt_ids, self.tokenizer.media_id, mode).unwrap_or(0);
         prompt_ids.split_at(split)
     }
 
@@ -287,16 +301,17 @@ impl Captioner {
         prefix: &[u32],
         keys: &[u64],
         latents: &[Tensor],
+        mode: MediaAttention,
         stop: &dyn Fn() -> bool,
     ) -> Result<crate::model::SessionState> {
-        if let Some(st) = caches.prefix(prefix, keys) {
+        if let Some(st) = caches.prefix(prefix, keys, mode) {
             return Ok(st);
         }
         let media = Tensor::cat(latents, 0)?.unsqueeze(0)?;
-        let mut s = self.model.session(&media)?;
+        let mut s = self.model.session_in(&media, mode)?;
         s.forward_or_stop(&[prefix.to_vec()], stop)?;
         let st = s.state();
-        caches.keep_prefix(prefix, keys, st.clone());
+        caches.keep_prefix(prefix, keys, mode, st.clone());
         Ok(st)
     }
 
@@ -349,7 +364,8 @@ impl Captioner {
             Ok((_, ids)) if ids.len() < self.model.max_seq_len() => ids,
             _ => return finish(done),
         };
-        let (prefix, _) = self.split_at_query(&prompt_ids);
+        let mode = self.media_attention(req);
+        let (prefix, _) = self.split_at_query(&prompt_ids, mode);
         if n_shots >= 1 && !prefix.is_empty() && !stop() {
             let misses = caches.stats.prefix_misses;
             let ran = self.prefix_state(
@@ -357,6 +373,7 @@ impl Captioner {
                 prefix,
                 &keys[..n_shots],
                 &latents[..n_shots],
+                mode,
                 stop,
             );
             match ran {
@@ -394,13 +411,14 @@ impl Captioner {
         // A GPU runs asynchronously: wait for the work so that each timing holds its own.
         self.model.device().synchronize()?;
         timings.encode_s = t0.elapsed().as_secs_f64();
-        let (prefix, suffix) = self.split_at_query(prompt_ids);
+        let mode = self.media_attention(req);
+        let (prefix, suffix) = self.split_at_query(prompt_ids, mode);
         let n = latents.len();
         let t1 = Instant::now();
         let stop = || cancel.load(Ordering::Relaxed);
         let ran = if !self.use_caches || prefix.is_empty() || n < 2 {
             let media = Tensor::cat(&latents, 0)?.unsqueeze(0)?;
-            let mut s = self.model.session(&media)?;
+            let mut s = self.model.session_in(&media, mode)?;
             let l = s.forward_or_stop(&[prompt_ids.to_vec()], &stop)?;
             (s, l)
         } else {
@@ -410,6 +428,7 @@ impl Captioner {
                 prefix,
                 &keys[..n - 1],
                 &latents[..n - 1],
+                mode,
                 &stop,
             )?;
             let mut s = self.model.resume(state);
@@ -510,8 +529,12 @@ impl Captioner {
                     .iter()
                     .map(|(_, m)| (m.clone(), prompt_ids.as_slice()))
                     .collect();
-                let (mut session, logits) =
-                    batched_prompt(&self.model, &batch, self.tokenizer.pad_id)?;
+                let (mut session, logits) = batched_prompt(
+                    &self.model,
+                    &batch,
+                    self.tokenizer.pad_id,
+                    self.media_attention(req),
+                )?;
                 let prefill_s = t1.elapsed().as_secs_f64();
                 let prompts: Vec<&[u32]> = vec![prompt_ids.as_slice(); rows.len()];
                 let generated = decode_batch(
@@ -662,6 +685,11 @@ impl Captioner {
                 &mut on_token,
                 &mut out,
             )?;
+            match stream.finish() {
+                Ok(Some(chunk)) => on_text(&chunk),
+                Ok(None) => {}
+                Err(e) => stream_err = Some(e),
+            }
             if let Some(e) = stream_err {
                 return Err(e);
             }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::generate::{Generated, GenerationConfig};
 use crate::text::prompt::{task_prompt, ShotText, Task, Templates};
+use crate::types::MediaAttention;
 
 /// An image given as a file or as bytes already in memory (dropped, pasted, from a prompt set).
 #[derive(Clone, Debug)]
@@ -61,6 +62,8 @@ pub struct CaptionRequest {
     pub templates: Templates,
     pub generation: GenerationConfig,
     pub keep_logits: bool,
+    /// Which image text attends to; None: the model's own (v1 for the v1 model).
+    pub media_attention: Option<MediaAttention>,
 }
 
 impl CaptionRequest {

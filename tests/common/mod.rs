@@ -90,6 +90,7 @@ pub fn caption_request(
             ..Default::default()
         },
         keep_logits: false,
+        media_attention: None,
     }
 }
 

@@ -3,7 +3,10 @@
 //! Flamingo wrapper runs a gated cross-attention block before any decoder block, with the
 //! same KV cache ([`LayerCache`]) for every family.
 
+pub mod gpt_neox;
+pub mod llama;
 pub mod mosaic_gpt;
+pub mod mpt;
 
 use std::path::Path;
 
@@ -20,10 +23,24 @@ pub struct Family {
 }
 
 /// The families this version runs.
-pub const FAMILIES: &[Family] = &[Family {
-    model_types: &["mosaic_gpt"],
-    parse: mosaic_gpt::MosaicGptConfig::parse,
-}];
+pub const FAMILIES: &[Family] = &[
+    Family {
+        model_types: &["mosaic_gpt"],
+        parse: mosaic_gpt::MosaicGptConfig::parse,
+    },
+    Family {
+        model_types: &["mpt"],
+        parse: mpt::MptConfig::parse,
+    },
+    Family {
+        model_types: &["gpt_neox"],
+        parse: gpt_neox::GptNeoXConfig::parse,
+    },
+    Family {
+        model_types: &["llama"],
+        parse: llama::LlamaConfig::parse,
+    },
+];
 
 /// A parsed `config.json`: the shape of a decoder and how to build it.
 pub trait LmSpec: Send + Sync + std::fmt::Debug {
@@ -80,12 +97,11 @@ impl std::ops::Deref for LmConfig {
 }
 
 /// What every block of one forward pass shares: the attention bias [B or 1, heads, s_q, s_k]
-/// (causal, padding, ALiBi where the family has it) and, for rotary families, the positions
-/// of the new tokens in each row.
+/// (causal, padding, ALiBi where the family has it) and, for rotary families, the cos and sin
+/// tables [B, s_q, rotary/2] of the new tokens' positions.
 pub struct Step {
     pub bias: Tensor,
-    /// Position of each new token, per row (left padding does not count).
-    pub positions: Vec<Vec<usize>>,
+    pub rotary: Option<(Tensor, Tensor)>,
 }
 
 /// One decoder's forward, block by block.
@@ -144,6 +160,18 @@ pub fn positions(
             })
             .collect(),
     }
+}
+
+/// The first `vocab` rows of an output projection `w` [rows, d]: cut when the checkpoint's
+/// vocabulary is smaller than the LM repo's, zero rows added when it is larger (the tokens
+/// OpenFlamingo added, whose rows the checkpoint does not hold; docs/openflamingo.md §6.3).
+pub fn rows_for_vocab(w: &Tensor, vocab: usize) -> Result<Tensor> {
+    let (rows, d) = w.dims2()?;
+    if vocab <= rows {
+        return Ok(w.narrow(0, 0, vocab)?.contiguous()?);
+    }
+    let extra = Tensor::zeros((vocab - rows, d), w.dtype(), w.device())?;
+    Ok(Tensor::cat(&[w, &extra], 0)?)
 }
 
 /// Causal (+ key padding) bias with an optional per-head ALiBi slope, [B, heads, s_q, s_k]

@@ -107,6 +107,29 @@ impl MosaicGptConfig {
 }
 
 impl MosaicGptConfig {
+    /// The LM repo's tensors under `names`.
+    pub(super) fn tensors(&self, names: &Layout) -> Vec<(String, Vec<usize>)> {
+        let d = self.d_model;
+        let up = self.mlp_ratio * d;
+        let (mlp, mlp_up, mlp_down) = names.mlp;
+        let mut t = Vec::new();
+        for i in 0..self.n_layers {
+            let b = format!("transformer.blocks.{i}");
+            t.push((format!("{b}.{}.weight", names.ln_1), vec![d]));
+            t.push((format!("{b}.{}.weight", names.ln_2), vec![d]));
+            if self.attn_qk_ln {
+                t.push((format!("{b}.attn.q_ln.weight"), vec![d]));
+                t.push((format!("{b}.attn.k_ln.weight"), vec![d]));
+            }
+            t.push((format!("{b}.attn.Wqkv.weight"), vec![3 * d, d]));
+            t.push((format!("{b}.attn.out_proj.weight"), vec![d, d]));
+            t.push((format!("{b}.{mlp}.{mlp_up}.weight"), vec![up, d]));
+            t.push((format!("{b}.{mlp}.{mlp_down}.weight"), vec![d, up]));
+        }
+        t.push((format!("transformer.{}.weight", names.ln_f), vec![d]));
+        t
+    }
+
     /// [`super::Family::parse`] for this family.
     pub fn parse(v: &Value, path: &Path) -> Result<Arc<dyn LmSpec>> {
         Ok(Arc::new(Self::from_value(v, path)?))
@@ -131,32 +154,56 @@ impl LmSpec for MosaicGptConfig {
     }
 
     fn lm_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let d = self.d_model;
-        let up = self.mlp_ratio * d;
-        let mut t = Vec::new();
-        for i in 0..self.n_layers {
-            let b = format!("transformer.blocks.{i}");
-            t.push((format!("{b}.ln_1.weight"), vec![d]));
-            t.push((format!("{b}.ln_2.weight"), vec![d]));
-            if self.attn_qk_ln {
-                t.push((format!("{b}.attn.q_ln.weight"), vec![d]));
-                t.push((format!("{b}.attn.k_ln.weight"), vec![d]));
-            }
-            t.push((format!("{b}.attn.Wqkv.weight"), vec![3 * d, d]));
-            t.push((format!("{b}.attn.out_proj.weight"), vec![d, d]));
-            t.push((format!("{b}.mlp.mlp_up.weight"), vec![up, d]));
-            t.push((format!("{b}.mlp.mlp_down.weight"), vec![d, up]));
-        }
-        t.push(("transformer.ln_f.weight".into(), vec![d]));
-        t
+        self.tensors(&MOSAIC_GPT)
     }
 
     fn build(&self, lm: &Vb, ckpt: &Vb) -> Result<Box<dyn Decoder>> {
-        let embed = ckpt.get_any("embed")?;
-        let vocab = embed.dim(0)?;
-        let embed = ckpt.get(&[vocab, self.d_model], "embed")?;
-        Ok(Box::new(MosaicGpt::load(lm, self, embed)?))
+        Ok(Box::new(MosaicGpt::load(lm, ckpt, self, &MOSAIC_GPT)?))
     }
+}
+
+/// The key names and ALiBi slopes of a MosaicGPT-style decoder: MosaicGPT's own, or MPT's
+/// (the same block under other names, [`super::mpt`]).
+pub(super) struct Layout {
+    pub ln_1: &'static str,
+    pub ln_2: &'static str,
+    /// The MLP module and its two projections.
+    pub mlp: (&'static str, &'static str, &'static str),
+    pub ln_f: &'static str,
+    /// MPT's `gen_slopes` rounds the head count up to a power of two (and interleaves);
+    /// MosaicGPT's takes it as it is.
+    pub power_of_two_slopes: bool,
+}
+
+pub(super) const MOSAIC_GPT: Layout = Layout {
+    ln_1: "ln_1",
+    ln_2: "ln_2",
+    mlp: ("mlp", "mlp_up", "mlp_down"),
+    ln_f: "ln_f",
+    power_of_two_slopes: false,
+};
+
+/// ALiBi slopes of `h` heads: `2^(-i·max/n)` for `i = 1..=n`; with `power_of_two`, `n` is `h`
+/// rounded up to a power of two and, when rounded, the odd entries come first.
+fn alibi_slopes(h: usize, bias_max: f64, power_of_two: bool) -> Vec<f32> {
+    let n = if power_of_two {
+        h.next_power_of_two()
+    } else {
+        h
+    };
+    let all: Vec<f32> = (1..=n)
+        .map(|i| 1.0 / 2f32.powf(i as f32 * (bias_max as f32 / n as f32)))
+        .collect();
+    if n == h {
+        return all;
+    }
+    all.iter()
+        .skip(1)
+        .step_by(2)
+        .chain(all.iter().step_by(2))
+        .copied()
+        .take(h)
+        .collect()
 }
 
 struct Block {
@@ -171,7 +218,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: &Vb, cfg: &MosaicGptConfig) -> Result<Self> {
+    fn load(vb: &Vb, cfg: &MosaicGptConfig, names: &Layout) -> Result<Self> {
         let d = cfg.d_model;
         let a = vb.pp("attn");
         let (q_ln, k_ln) = if cfg.attn_qk_ln {
@@ -182,16 +229,17 @@ impl Block {
         } else {
             (None, None)
         };
-        let m = vb.pp("mlp");
+        let (mlp, up, down) = names.mlp;
+        let m = vb.pp(mlp);
         Ok(Self {
-            ln_1: layer_norm(vb, "ln_1", d, LN_EPS, false)?,
+            ln_1: layer_norm(vb, names.ln_1, d, LN_EPS, false)?,
             wqkv: Linear::load(&a, "Wqkv", d, 3 * d, false)?,
             q_ln,
             k_ln,
             out_proj: Linear::load(&a, "out_proj", d, d, false)?,
-            ln_2: layer_norm(vb, "ln_2", d, LN_EPS, false)?,
-            mlp_up: Linear::load(&m, "mlp_up", d, cfg.mlp_ratio * d, false)?,
-            mlp_down: Linear::load(&m, "mlp_down", cfg.mlp_ratio * d, d, false)?,
+            ln_2: layer_norm(vb, names.ln_2, d, LN_EPS, false)?,
+            mlp_up: Linear::load(&m, up, d, cfg.mlp_ratio * d, false)?,
+            mlp_down: Linear::load(&m, down, cfg.mlp_ratio * d, d, false)?,
         })
     }
 }
@@ -217,22 +265,20 @@ impl HasLinears for MosaicGpt {
 }
 
 impl MosaicGpt {
-    /// `vb` points at the LM's root (keys `transformer.*`); `wte` is the (resized) embedding
-    /// from the OpenFlamingo checkpoint, [vocab, d_model].
-    fn load(vb: &Vb, cfg: &MosaicGptConfig, wte: Tensor) -> Result<Self> {
+    /// `vb` points at the LM's root (keys `transformer.*`, named as `names` says); the
+    /// embedding, [vocab, d_model], is the checkpoint's `embed` (resized), and the output
+    /// projection is tied to it.
+    pub(super) fn load(vb: &Vb, ckpt: &Vb, cfg: &MosaicGptConfig, names: &Layout) -> Result<Self> {
+        let wte = ckpt.get_any("embed")?;
+        let vocab = wte.dim(0)?;
+        let wte = ckpt.get(&[vocab, cfg.d_model], "embed")?;
         let t = vb.pp("transformer");
         let blocks = (0..cfg.n_layers)
-            .map(|i| Block::load(&t.pp(format!("blocks.{i}")), cfg))
+            .map(|i| Block::load(&t.pp(format!("blocks.{i}")), cfg, names))
             .collect::<Result<Vec<_>>>()?;
-        let h = cfg.n_heads;
-        let slopes = (1..=h)
-            .map(|i| {
-                let m = i as f32 * (cfg.alibi_bias_max as f32 / h as f32);
-                1.0 / 2f32.powf(m)
-            })
-            .collect();
+        let slopes = alibi_slopes(cfg.n_heads, cfg.alibi_bias_max, names.power_of_two_slopes);
         Ok(Self {
-            ln_f: layer_norm(&t, "ln_f", cfg.d_model, LN_EPS, false)?,
+            ln_f: layer_norm(&t, names.ln_f, cfg.d_model, LN_EPS, false)?,
             cfg: cfg.clone(),
             head: {
                 let (vocab, d) = wte.dims2()?;
@@ -278,7 +324,7 @@ impl Decoder for MosaicGpt {
     ) -> Result<Step> {
         Ok(Step {
             bias: causal_bias(past, s_q, key_mask, Some(&self.slopes), device)?,
-            positions: Vec::new(),
+            rotary: None,
         })
     }
 
@@ -323,5 +369,24 @@ impl Decoder for MosaicGpt {
             Some(s) => (logits * s)?,
             None => logits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alibi_slopes;
+
+    #[test]
+    fn slopes_follow_both_reference_rules() {
+        // MosaicGPT: 2^(-8i/h).
+        let s = alibi_slopes(6, 8.0, false);
+        for (i, v) in s.iter().enumerate() {
+            assert!((v - 2f32.powf(-8.0 * (i + 1) as f32 / 6.0)).abs() < 1e-7);
+        }
+        // MPT's gen_slopes for 6 heads: 8 slopes 2^(-i), odd ones first, the first 6.
+        let want: Vec<f32> = [2, 4, 6, 8, 1, 3].iter().map(|&i| 2f32.powi(-i)).collect();
+        assert_eq!(alibi_slopes(6, 8.0, true), want);
+        // A power of two is the same either way.
+        assert_eq!(alibi_slopes(32, 8.0, true), alibi_slopes(32, 8.0, false));
     }
 }
