@@ -263,3 +263,112 @@ fn v1_media_attention_matches_open_flamingo_v1() {
     check_case(&l, "llama_v1_zeroshot", MediaAttention::Next);
     check_case(&l, "llama_v1_twoshot", MediaAttention::Next);
 }
+
+/// mmpretrain's converted adapter (only the keys its load hook keeps, nested under
+/// `state_dict`, with rotary buffers) in place of `checkpoint.pt`: the same model.
+#[test]
+fn mmpretrain_adapter_layout_loads_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = registry::find(LLAMA).unwrap();
+    let mut files = resolve_in(&hub("hf-llama"), spec).unwrap();
+    let adapter = dir.path().join("openflamingo-9b-adapter.pth");
+    std::fs::copy(
+        fixtures().join("reference").join("llama_mmpretrain_adapter.pth"),
+        &adapter,
+    )
+    .unwrap();
+    files.checkpoint.path = adapter;
+    let tok = TextTokenizer::from_file(&files.tokenizer).unwrap();
+    let model = flamingo::store::build::load(&files, tok.media_id, &Device::Cpu).unwrap();
+    let l = Loaded { model, tok };
+    check_case(&l, "llama_v1_twoshot", MediaAttention::Next);
+}
+
+/// A hub cache holding every released model id: the fixtures' repos, and for the
+/// instruction-tuned twins links to their base model's repos (same family, same files).
+fn all_six_cache(dir: &std::path::Path) {
+    let link = |set: &str, from: &str, to: &str| {
+        let name = |r: &str| format!("models--{}", r.replace('/', "--"));
+        let target = hub(set).join(name(from));
+        let dst = dir.join(name(to));
+        if !dst.exists() {
+            std::os::unix::fs::symlink(target.canonicalize().unwrap(), dst).unwrap();
+        }
+    };
+    for (set, repos) in [
+        (
+            "hf",
+            &[
+                "openflamingo/OpenFlamingo-3B-vitl-mpt1b",
+                "anas-awadalla/mpt-1b-redpajama-200b",
+                "timm/vit_large_patch14_clip_224.openai",
+            ][..],
+        ),
+        (
+            "hf-neox",
+            &[
+                "openflamingo/OpenFlamingo-4B-vitl-rpj3b",
+                "togethercomputer/RedPajama-INCITE-Base-3B-v1",
+            ][..],
+        ),
+        (
+            "hf-mpt7b",
+            &["openflamingo/OpenFlamingo-9B-vitl-mpt7b", "anas-awadalla/mpt-7b"][..],
+        ),
+        (
+            "hf-llama",
+            &["openflamingo/OpenFlamingo-9B-deprecated", "luodian/llama-7b-hf"][..],
+        ),
+    ] {
+        for r in repos {
+            link(set, r, r);
+        }
+    }
+    link(
+        "hf",
+        "openflamingo/OpenFlamingo-3B-vitl-mpt1b",
+        "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
+    );
+    link(
+        "hf",
+        "anas-awadalla/mpt-1b-redpajama-200b",
+        "anas-awadalla/mpt-1b-redpajama-200b-dolly",
+    );
+    link(
+        "hf-neox",
+        "openflamingo/OpenFlamingo-4B-vitl-rpj3b",
+        "openflamingo/OpenFlamingo-4B-vitl-rpj3b-langinstruct",
+    );
+    link(
+        "hf-neox",
+        "togethercomputer/RedPajama-INCITE-Base-3B-v1",
+        "togethercomputer/RedPajama-INCITE-Instruct-3B-v1",
+    );
+}
+
+/// `flamingo caption --model ID` for each of the six released ids, offline from a hub cache.
+#[test]
+#[cfg(unix)]
+fn caption_runs_every_released_model_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    std::fs::create_dir_all(&cache).unwrap();
+    all_six_cache(&cache);
+    let img = |n: &str| fixtures().join("images").join(n);
+    for m in registry::MODELS {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flamingo"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", &cache)
+            .env("FLAMINGO_CACHE_DIR", dir.path().join("app-cache"))
+            .args(["caption", "--json", "--max-new-tokens", "3", "--model", m.id])
+            .arg("--shot")
+            .arg(img("chelsea.png"))
+            .arg("A cat.")
+            .arg(img("astronaut.png"))
+            .output()
+            .unwrap();
+        let v = json_stdout(&out);
+        assert_eq!(v["model"], m.id, "{}", m.id);
+        assert_eq!(v["token_ids"].as_array().unwrap().len(), 3, "{}", m.id);
+    }
+}

@@ -116,13 +116,17 @@ def train_sentencepiece(out_dir):
         text += [l for l in doc.split("\n") if l.strip()]
     corpus = out_dir / "corpus.txt"
     corpus.write_text("\n".join(t for t in text if t.strip()))
+    # Relative paths: the model file records them, and a rerun must write the same bytes.
+    here = os.getcwd()
+    os.chdir(out_dir)
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(out_dir / "tokenizer"), vocab_size=600,
+        input="corpus.txt", model_prefix="tokenizer", vocab_size=600,
         model_type="bpe", character_coverage=1.0, byte_fallback=True, split_digits=True,
         add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, allow_whitespace_only_pieces=True,
         num_threads=1, seed_sentencepiece_size=10000, train_extremely_large_corpus=False,
         minloglevel=2)
+    os.chdir(here)
     return out_dir / "tokenizer.model"
 
 
@@ -235,6 +239,18 @@ def checkpoint_of(family, model):
             ckpt[f"{p}.bias"] = torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8)
             ckpt[f"{p}.rotary_emb.inv_freq"] = torch.ones(4)
     return ckpt
+
+
+def mmpretrain_adapter(ckpt):
+    """The same weights in mmpretrain's converted-adapter layout (docs/openflamingo.md §6.2):
+    only the keys its load hook keeps, nested under `state_dict` as mmengine saves, with the
+    rotary buffers its pattern also keeps."""
+    import re
+    keep = re.compile(r"^perceiver|lang_encoder.*embed_tokens|lang_encoder.*gated_cross_attn_layer(s)?|lang_encoder.*rotary_emb")
+    state = {k: v for k, v in ckpt.items() if keep.search(k) and ".gated_cross_attn_layers." not in k}
+    for i in range(LLAMA_CFG["num_hidden_layers"]):
+        state[f"lang_encoder.model.layers.{i}.decoder_layer.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    return {"meta": {"mmpretrain_version": "1.2.0"}, "state_dict": state}
 
 
 def prompt_text(shots):
@@ -484,7 +500,10 @@ def main():
             model, _, tokenizer = build_flamingo(family, lm_dir, every, args.seed + 20 + every)
             out = work / f"{family}-{every}"
             out.mkdir()
-            torch.save(checkpoint_of(family, model), out / "checkpoint.pt")
+            ckpt = checkpoint_of(family, model)
+            torch.save(ckpt, out / "checkpoint.pt")
+            if family == "llama" and i == 0:
+                torch.save(mmpretrain_adapter(ckpt), ref / "llama_mmpretrain_adapter.pth")
             gf.write_repo(cache, spec["ckpt_repo"], {"checkpoint.pt": out / "checkpoint.pt"},
                           rev(f"{family}-ckpt-{every}"))
             clip = "models--" + CLIP_REPO.replace("/", "--")
