@@ -23,10 +23,14 @@ pub enum WeightFormat {
     Q8_0,
     #[value(name = "q4k")]
     Q4K,
+    /// Mixed, like llama.cpp's Q4_K_M: feed-forward layers in q4k, attention, cross-attention
+    /// and the output projection in q8_0 (the layers whose errors move the logits most).
+    #[value(name = "q4k_m")]
+    Q4KM,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 4] = [Self::F32, Self::F16, Self::Q8_0, Self::Q4K];
+    pub const ALL: [WeightFormat; 5] = [Self::F32, Self::F16, Self::Q8_0, Self::Q4KM, Self::Q4K];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +38,7 @@ impl WeightFormat {
             Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4k",
+            Self::Q4KM => "q4k_m",
         }
     }
 

@@ -273,7 +273,9 @@ fn mmpretrain_adapter_layout_loads_the_same_model() {
     let mut files = resolve_in(&hub("hf-llama"), spec).unwrap();
     let adapter = dir.path().join("openflamingo-9b-adapter.pth");
     std::fs::copy(
-        fixtures().join("reference").join("llama_mmpretrain_adapter.pth"),
+        fixtures()
+            .join("reference")
+            .join("llama_mmpretrain_adapter.pth"),
         &adapter,
     )
     .unwrap();
@@ -313,11 +315,17 @@ fn all_six_cache(dir: &std::path::Path) {
         ),
         (
             "hf-mpt7b",
-            &["openflamingo/OpenFlamingo-9B-vitl-mpt7b", "anas-awadalla/mpt-7b"][..],
+            &[
+                "openflamingo/OpenFlamingo-9B-vitl-mpt7b",
+                "anas-awadalla/mpt-7b",
+            ][..],
         ),
         (
             "hf-llama",
-            &["openflamingo/OpenFlamingo-9B-deprecated", "luodian/llama-7b-hf"][..],
+            &[
+                "openflamingo/OpenFlamingo-9B-deprecated",
+                "luodian/llama-7b-hf",
+            ][..],
         ),
     ] {
         for r in repos {
@@ -360,7 +368,14 @@ fn caption_runs_every_released_model_offline() {
             .env("HF_HUB_OFFLINE", "1")
             .env("HF_HUB_CACHE", &cache)
             .env("FLAMINGO_CACHE_DIR", dir.path().join("app-cache"))
-            .args(["caption", "--json", "--max-new-tokens", "3", "--model", m.id])
+            .args([
+                "caption",
+                "--json",
+                "--max-new-tokens",
+                "3",
+                "--model",
+                m.id,
+            ])
             .arg("--shot")
             .arg(img("chelsea.png"))
             .arg("A cat.")

@@ -7,21 +7,21 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::generate::{decode, GenerateOptions, Generated, GenerationConfig};
+use crate::hub::registry::LmFamily;
 use crate::model::config::VisionConfig;
-use crate::model::lm::mosaic_gpt::MosaicGptConfig;
-use crate::model::lm::LmConfig;
 use crate::model::Flamingo;
 use crate::platform::peak_rss_bytes;
 use crate::store::build::from_model_cache;
 use crate::store::random::{keep_model, random_model};
+use crate::store::released::Shape;
 use crate::store::Recorded;
 use crate::types::WeightFormat;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// The model shape: the test fixtures' or a released model's.
-    #[arg(long, value_enum, default_value_t = Shape::Tiny)]
-    pub shape: Shape,
+    #[arg(long, value_enum, default_value_t = ShapeArg::Tiny)]
+    pub shape: ShapeArg,
     /// Generated tokens to time.
     #[arg(long, default_value_t = 20)]
     pub tokens: usize,
@@ -55,44 +55,43 @@ pub enum DeviceArg {
 
 /// The shapes `bench` builds.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
+pub enum ShapeArg {
     /// The test fixtures' (MosaicGPT, width 32).
     #[value(name = "tiny")]
     Tiny,
-    /// OpenFlamingo-3B-vitl-mpt1b.
+    /// OpenFlamingo-3B-vitl-mpt1b (MosaicGPT 1B).
     #[value(name = "3b")]
     B3,
+    /// OpenFlamingo-4B-vitl-rpj3b (GPT-NeoX, RedPajama-INCITE 3B).
+    #[value(name = "4b")]
+    B4,
+    /// OpenFlamingo-9B-vitl-mpt7b (MPT-7B).
+    #[value(name = "9b")]
+    B9,
+    /// OpenFlamingo-9B-deprecated (LLaMA-7B, v1).
+    #[value(name = "9b-v1")]
+    B9V1,
 }
 
-impl Shape {
+impl ShapeArg {
     pub fn name(self) -> &'static str {
         match self {
             Self::Tiny => "tiny",
             Self::B3 => "3b",
+            Self::B4 => "4b",
+            Self::B9 => "9b",
+            Self::B9V1 => "9b-v1",
         }
     }
-}
 
-/// The vision tower, the language model and the cross-attention interval of a shape.
-pub fn shapes(shape: Shape) -> (VisionConfig, LmConfig, usize) {
-    let lm = |c: MosaicGptConfig| LmConfig(std::sync::Arc::new(c));
-    match shape {
-        Shape::Tiny => (
-            VisionConfig {
-                width: 64,
-                layers: 2,
-                head_width: 32,
-                ..VisionConfig::vit_l14()
-            },
-            lm(MosaicGptConfig {
-                d_model: 32,
-                n_heads: 4,
-                n_layers: 4,
-                ..MosaicGptConfig::mpt_1b()
-            }),
-            1,
-        ),
-        Shape::B3 => (VisionConfig::vit_l14(), lm(MosaicGptConfig::mpt_1b()), 1),
+    pub fn shape(self) -> Shape {
+        match self {
+            Self::Tiny => Shape::tiny(),
+            Self::B3 => Shape::released(LmFamily::MosaicGpt),
+            Self::B4 => Shape::released(LmFamily::GptNeoX),
+            Self::B9 => Shape::released(LmFamily::Mpt),
+            Self::B9V1 => Shape::released(LmFamily::Llama),
+        }
     }
 }
 
@@ -201,26 +200,39 @@ fn record_bytes(record: &[(String, Recorded)]) -> usize {
         .sum()
 }
 
-/// Builds random f32 weights at the shape. In f32 they are timed right here; in another
-/// format they are converted and written as a model cache file, the fidelity against f32 is
-/// measured on that file, and a fresh process loads it the way the app does on a later start
-/// (quantized weights read in place) and does the timings, so that its peak memory is the
-/// app's.
+/// The format the fidelity of another format is measured against: f32 where the f32 model
+/// fits this machine's memory with room to spare, else f16.
+fn reference_format(shape: &Shape) -> WeightFormat {
+    let total = crate::platform::total_memory_bytes().unwrap_or(u64::MAX);
+    if shape.peak_bytes(WeightFormat::F32) + (2 << 30) < total / 10 * 9 {
+        WeightFormat::F32
+    } else {
+        WeightFormat::F16
+    }
+}
+
+/// Builds random weights at the shape. In f32 they are timed right here. In another format,
+/// the reference's logits (f32, or f16 where f32 does not fit) are taken from one model, then
+/// the model is built straight in the format (never whole in f32), written as a model cache
+/// file, its fidelity measured on that file, and a fresh process loads it the way the app
+/// does on a later start (quantized weights read in place) and does the timings, so that its
+/// peak memory is the app's.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let (vcfg, lm_cfg, every) = shapes(a.shape);
+    let shape = a.shape.shape();
     let (device, device_label) = match a.device {
         DeviceArg::Cpu => (Device::Cpu, "CPU".to_string()),
         DeviceArg::Auto => crate::platform::pick_device(),
     };
     let fmt = a.dtype;
-    let (vocab, eoc, media) = (50280usize, 50277u32, 50278u32);
+    let (vcfg, lm_cfg) = (&shape.vision, &shape.lm);
+    let (eoc, media) = (shape.eoc_id, shape.media_id);
     if let Some(path) = &a.kept {
         let t = Instant::now();
-        let mut model = from_model_cache(path, &vcfg, &lm_cfg, media, &device, fmt)?;
+        let mut model = from_model_cache(path, vcfg, lm_cfg, media, &device, fmt)?;
         model.prepare_weights()?;
         device.synchronize()?;
         let load_s = t.elapsed().as_secs_f64();
-        let mut out = timings(&model, &a, &vcfg, &device, media, eoc)?;
+        let mut out = timings(&model, &a, vcfg, &device, media, eoc)?;
         out.insert("load_s".into(), load_s.into());
         out.insert(
             "weights_bytes".into(),
@@ -231,28 +243,26 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let t0 = Instant::now();
-    let (model, record) = random_model(
-        &vcfg,
-        &lm_cfg,
-        every,
-        vocab,
-        media,
-        &device,
-        WeightFormat::F32,
-        true,
-    )?;
-    // The timings, the time to build the model and its fidelity against f32.
-    let (mut out, build_s, fidelity) = if fmt == WeightFormat::F32 {
+    let (mut out, build_s, fidelity, reference) = if fmt == WeightFormat::F32 {
+        let (model, record) = random_model(&shape, &device, WeightFormat::F32, true)?;
         let build_s = t0.elapsed().as_secs_f64();
         let weights = record_bytes(&record);
         drop(record);
-        let mut out = timings(&model, &a, &vcfg, &device, media, eoc)?;
+        let mut out = timings(&model, &a, vcfg, &device, media, eoc)?;
         out.insert("weights_bytes".into(), weights.into());
         out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
-        (out, build_s, serde_json::Value::Null)
+        (out, build_s, serde_json::Value::Null, WeightFormat::F32)
     } else {
-        let sets = fidelity_inputs(&vcfg, &device, media, eoc)?;
-        let reference = prompt_logits(&model, &sets)?;
+        let sets = fidelity_inputs(vcfg, &device, media, eoc)?;
+        let reference_fmt = reference_format(&shape);
+        let reference = {
+            let (mut model, _) = random_model(&shape, &device, reference_fmt, false)?;
+            model.prepare_weights()?;
+            prompt_logits(&model, &sets)?
+        };
+        crate::platform::give_back_freed_memory();
+        let t0 = Instant::now();
+        let (model, record) = random_model(&shape, &device, fmt, true)?;
         let file = TempFile(std::env::temp_dir().join(format!(
             "flamingo-bench-{}-{}.gguf",
             std::process::id(),
@@ -261,6 +271,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         match keep_model(&file.0, fmt, record) {
             Ok(()) => {
                 drop(model);
+                crate::platform::give_back_freed_memory();
                 let build_s = t0.elapsed().as_secs_f64();
                 // The file on disk before the timings: the system writing its gigabytes back
                 // while they run would take memory bandwidth and CPU from them (the app loads
@@ -268,34 +279,37 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 if let Ok(f) = std::fs::File::open(&file.0) {
                     let _ = f.sync_all();
                 }
-                let mut kept = from_model_cache(&file.0, &vcfg, &lm_cfg, media, &device, fmt)?;
+                let mut kept = from_model_cache(&file.0, vcfg, lm_cfg, media, &device, fmt)?;
                 // Measured on the kernels that the timings and the app use.
                 kept.prepare_weights()?;
                 let fidelity = compare(&reference, &prompt_logits(&kept, &sets)?)?;
                 drop(kept);
-                (time_in_child(&a, &file.0)?, build_s, fidelity)
+                (
+                    time_in_child(&a, &file.0)?,
+                    build_s,
+                    fidelity,
+                    reference_fmt,
+                )
             }
             Err(e) => {
-                // No room for the file (TMPDIR picks another folder): convert and time here.
+                // No room for the file (TMPDIR picks another folder): time it here.
                 tracing::warn!(
-                    "could not write the converted model to {} ({e}); timing it in this \
-                     process, whose peak RSS includes the f32 weights",
+                    "could not write the converted model to {} ({e}); timing it in this process",
                     file.0.display()
                 );
                 let mut model = model;
-                model.convert_weights(fmt)?;
                 model.prepare_weights()?;
                 let build_s = t0.elapsed().as_secs_f64();
                 let fidelity = compare(&reference, &prompt_logits(&model, &sets)?)?;
-                let mut out = timings(&model, &a, &vcfg, &device, media, eoc)?;
+                let mut out = timings(&model, &a, vcfg, &device, media, eoc)?;
                 out.insert("weights_bytes".into(), serde_json::Value::Null);
                 out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
-                (out, build_s, fidelity)
+                (out, build_s, fidelity, reference_fmt)
             }
         }
     };
     out.insert("build_s".into(), build_s.into());
-    out.insert("fidelity_vs_f32".into(), fidelity);
+    out.insert(format!("fidelity_vs_{}", reference.name()), fidelity);
     out.insert("shape".into(), a.shape.name().into());
     out.insert("dtype".into(), fmt.name().into());
     out.insert("device".into(), device_label.into());
@@ -303,6 +317,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "threads".into(),
         candle_core::utils::get_num_threads().into(),
     );
+    out.insert("estimated_peak_bytes".into(), shape.peak_bytes(fmt).into());
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::Value::Object(out))?

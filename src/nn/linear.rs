@@ -15,6 +15,50 @@ use super::Vb;
 use crate::error::Result;
 use crate::types::WeightFormat;
 
+/// What a linear layer does, as far as the mixed formats care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A feed-forward (MLP) projection.
+    FeedForward,
+    /// The output projection onto the vocabulary.
+    Output,
+    /// Attention, cross-attention and everything else.
+    Other,
+}
+
+impl Role {
+    /// The role of the layer named `name` in the weight files (`…mlp.…`, `…ffn.…`, `…ff.…`,
+    /// the perceiver's `layers.{i}.1.…`: feed-forward; `lm_head`, `embed_out`: output).
+    pub fn of(name: &str) -> Self {
+        // A model-cache name carries its section (`lm/…`).
+        let name = name.rsplit('/').next().unwrap_or(name);
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts
+            .iter()
+            .any(|p| p.starts_with("lm_head") || *p == "embed_out")
+        {
+            return Self::Output;
+        }
+        let perceiver_ff = parts.first() == Some(&"perceiver")
+            && parts.get(1) == Some(&"layers")
+            && parts.get(3) == Some(&"1");
+        if perceiver_ff || parts.iter().any(|p| matches!(*p, "mlp" | "ffn" | "ff")) {
+            return Self::FeedForward;
+        }
+        Self::Other
+    }
+}
+
+/// The format a layer of `role` gets in `fmt`: the mixed format's choice per role, the others
+/// as they are.
+pub fn format_for(fmt: WeightFormat, role: Role) -> WeightFormat {
+    match (fmt, role) {
+        (WeightFormat::Q4KM, Role::FeedForward) => WeightFormat::Q4K,
+        (WeightFormat::Q4KM, _) => WeightFormat::Q8_0,
+        (f, _) => f,
+    }
+}
+
 /// How a linear layer's weight is held once converted (what the model cache stores).
 #[derive(Clone, Debug)]
 pub enum LinearWeight {
@@ -94,6 +138,7 @@ fn split_rows(
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Weight,
+    role: Role,
     /// The file pages a quantized weight is read from in place (see [`Linear::prepare`]).
     pages: Option<FilePages>,
     bias: Option<Tensor>,
@@ -119,6 +164,8 @@ pub fn convert_weight(w: Tensor, fmt: WeightFormat) -> Result<LinearWeight> {
         WeightFormat::F16 => LinearWeight::F16(w.to_dtype(DType::F16)?),
         WeightFormat::Q4K if fits(GgmlDType::Q4K) => q(GgmlDType::Q4K)?,
         WeightFormat::Q4K | WeightFormat::Q8_0 if fits(GgmlDType::Q8_0) => q(GgmlDType::Q8_0)?,
+        // A mixed format is resolved per layer (`format_for`); given whole, its finer part.
+        WeightFormat::Q4KM => return convert_weight(w, WeightFormat::Q8_0),
         _ => LinearWeight::F16(w.to_dtype(DType::F16)?),
     })
 }
@@ -192,6 +239,7 @@ impl Linear {
         };
         Ok(Self {
             weight,
+            role: Role::Other,
             pages,
             bias,
             in_dim: dims.1,
@@ -216,7 +264,9 @@ impl Linear {
     ) -> Result<Self> {
         let w = vb.linear_weight(weight, &[out_dim, in_dim])?;
         let b = bias.map(|b| vb.get(&[out_dim], b)).transpose()?;
-        Self::from_weight(w, b)
+        let mut l = Self::from_weight(w, b)?;
+        l.role = Role::of(&vb.full(weight));
+        Ok(l)
     }
 
     /// A layer whose [out, in] weight is computed by `make` (a reshaped convolution, a tied
@@ -229,7 +279,9 @@ impl Linear {
         make: &dyn Fn() -> Result<Tensor>,
     ) -> Result<Self> {
         let w = vb.derived_linear_weight(key, &[out_dim, in_dim], make)?;
-        Self::from_weight(w, None)
+        let mut l = Self::from_weight(w, None)?;
+        l.role = Role::of(&vb.full(key));
+        Ok(l)
     }
 
     pub fn dims(&self) -> (usize, usize) {
@@ -244,7 +296,12 @@ impl Linear {
         if fmt == WeightFormat::F32 {
             return Ok(());
         }
-        *self = Self::from_weight(convert_weight(w.clone(), fmt)?, self.bias.take())?;
+        let role = self.role;
+        *self = Self::from_weight(
+            convert_weight(w.clone(), format_for(fmt, role))?,
+            self.bias.take(),
+        )?;
+        self.role = role;
         Ok(())
     }
 
@@ -367,6 +424,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn roles_follow_the_key_names_of_every_family() {
+        for ff in [
+            "visual.transformer.resblocks.3.mlp.c_fc",
+            "perceiver.layers.2.1.3",
+            "xattn.7.ff.1",
+            "lm/transformer.blocks.0.mlp.mlp_up.weight",
+            "transformer.blocks.5.ffn.down_proj",
+            "gpt_neox.layers.1.mlp.dense_h_to_4h",
+            "model.layers.2.mlp.gate_proj",
+        ] {
+            assert_eq!(Role::of(ff), Role::FeedForward, "{ff}");
+        }
+        for out in ["lm_head.tied", "embed_out", "lm/lm_head.resized"] {
+            assert_eq!(Role::of(out), Role::Output, "{out}");
+        }
+        for other in [
+            "perceiver.layers.2.0.to_kv",
+            "xattn.3.attn.to_q",
+            "transformer.blocks.0.attn.Wqkv",
+            "visual.conv1.as_linear",
+        ] {
+            assert_eq!(Role::of(other), Role::Other, "{other}");
+        }
+        assert_eq!(
+            format_for(WeightFormat::Q4KM, Role::FeedForward),
+            WeightFormat::Q4K
+        );
+        assert_eq!(
+            format_for(WeightFormat::Q4KM, Role::Output),
+            WeightFormat::Q8_0
+        );
+    }
+
+    #[test]
     fn quantizing_in_bands_gives_the_bytes_of_quantizing_whole() {
         let dev = Device::Cpu;
         // Rows that do not split evenly into the bands, too.
@@ -399,6 +490,7 @@ mod tests {
             let (head, tail, pages) = split_rows(&q, None).unwrap().unwrap();
             assert!(pages.is_none());
             let mut l = Linear {
+                role: Role::Other,
                 weight: Weight::Split(
                     QMatMul::from_qtensor(head).unwrap(),
                     QMatMul::from_qtensor(tail).unwrap(),

@@ -55,7 +55,8 @@ impl<'a> Vb<'a> {
         }
     }
 
-    fn full(&self, name: &str) -> String {
+    /// The full name of `name` under this view.
+    pub fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
         } else {

@@ -13,7 +13,7 @@ use candle_core::{DType, Device};
 use super::converted::ConvertCache;
 use super::gguf::GgufFile;
 use super::pickle::read_tensor_file;
-use super::{read_weights, Recorded, TensorStore};
+use super::{Recorded, TensorStore};
 use crate::error::{Error, Result};
 use crate::hub::{ModelFiles, WeightFile};
 use crate::model::config::VisionConfig;
@@ -133,17 +133,17 @@ fn open_lm_store(
     if let [one] = files {
         return open_store(one, cache, convert, device);
     }
-    // Shards: merged in memory.
-    let mut all = Vec::new();
-    for f in files {
-        all.extend(read_weights(&f.path, cache)?);
-    }
+    // Shards: one store each, read as one, a tensor at a time.
+    let shards = files
+        .iter()
+        .map(|f| open_store(f, cache, convert, device))
+        .collect::<Result<Vec<_>>>()?;
     let label = files
         .iter()
         .map(|f| f.label.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    TensorStore::from_tensors(all, label, DType::F32, device)
+    Ok(TensorStore::shards(shards, label, device))
 }
 
 /// The three stores a model is built from, with the section names the model cache uses.

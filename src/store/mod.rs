@@ -8,6 +8,7 @@ pub mod converted;
 pub mod gguf;
 pub mod pickle;
 pub mod random;
+pub mod released;
 pub mod safetensors;
 
 use std::collections::HashMap;
@@ -18,11 +19,12 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::nn::linear::Role;
 use crate::nn::{LinearWeight, WeightSource};
 use crate::types::WeightFormat;
 use gguf::GgufFile;
 use pickle::open_pickle;
-pub use pickle::{read_tensor_file, read_weights};
+pub use pickle::read_tensor_file;
 use safetensors::LazySafetensors;
 
 /// Where a store's tensors are read from.
@@ -38,6 +40,9 @@ enum Backing {
     Pickle(candle_core::pickle::PthTensors, PathBuf),
     /// Random values of these shapes, made when asked for (benchmarks).
     Random(random::RandomTensors),
+    /// The shards of one checkpoint, each read one tensor at a time, and which shard holds
+    /// each name.
+    Shards(Vec<TensorStore>, HashMap<String, usize>),
 }
 
 /// A tensor the model was built from, as kept by the model cache.
@@ -83,24 +88,6 @@ impl TensorStore {
         }
     }
 
-    /// A store of tensors already read (float ones only, as `dtype` on `device`).
-    pub fn from_tensors(
-        raw: Vec<(String, Tensor)>,
-        source: impl Into<String>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let mut tensors = HashMap::with_capacity(raw.len());
-        for (name, t) in raw {
-            if !t.dtype().is_float() {
-                continue;
-            }
-            let t = t.to_dtype(dtype)?.to_device(device)?;
-            tensors.insert(name, t);
-        }
-        Ok(Self::with_backing(Backing::Memory(tensors), source, device))
-    }
-
     /// A store over a safetensors file, reading each tensor when it is asked for.
     pub fn lazy_safetensors(
         path: &Path,
@@ -121,6 +108,17 @@ impl TensorStore {
             source,
             device,
         ))
+    }
+
+    /// A store over the shards of one checkpoint (each read lazily), as one.
+    pub fn shards(shards: Vec<TensorStore>, source: impl Into<String>, device: &Device) -> Self {
+        let mut at = HashMap::new();
+        for (i, s) in shards.iter().enumerate() {
+            for n in s.raw_names() {
+                at.entry(n).or_insert(i);
+            }
+        }
+        Self::with_backing(Backing::Shards(shards, at), source, device)
     }
 
     /// A store of random tensors of the given shapes, made when asked for.
@@ -165,6 +163,7 @@ impl TensorStore {
         match &self.backing {
             Backing::Memory(m) => m.keys().cloned().collect(),
             Backing::Random(r) => r.names(),
+            Backing::Shards(_, at) => at.keys().cloned().collect(),
             Backing::Safetensors(l) => l.float_names(),
             Backing::Pickle(p, _) => p
                 .tensor_infos()
@@ -195,6 +194,7 @@ impl TensorStore {
         match &self.backing {
             Backing::Memory(m) => m.contains_key(raw),
             Backing::Random(r) => r.contains(raw),
+            Backing::Shards(_, at) => at.contains_key(raw),
             Backing::Safetensors(l) => l.has_float(raw),
             Backing::Pickle(p, _) => p
                 .tensor_infos()
@@ -231,6 +231,10 @@ impl TensorStore {
         let t = match &self.backing {
             Backing::Memory(m) => m.get(raw).cloned().ok_or_else(|| self.missing(name))?,
             Backing::Random(r) => r.make(raw)?.ok_or_else(|| self.missing(name))?,
+            Backing::Shards(shards, at) => match at.get(raw) {
+                Some(&i) => shards[i].fetch(raw)?,
+                None => return Err(self.missing(name)),
+            },
             Backing::Safetensors(l) => l.read(raw)?.ok_or_else(|| self.missing(name))?,
             Backing::Pickle(p, path) => p
                 .get(raw)
@@ -298,7 +302,8 @@ impl TensorStore {
             _ => {
                 let w = make()?;
                 self.check_shape(name, w.dims(), shape)?;
-                crate::nn::linear::convert_weight(w, self.format)?
+                let fmt = crate::nn::linear::format_for(self.format, Role::of(name));
+                crate::nn::linear::convert_weight(w, fmt)?
             }
         };
         self.keep(name, Recorded::Linear(w.clone()));

@@ -60,18 +60,3 @@ pub fn open_pickle(path: &Path) -> Result<candle_core::pickle::PthTensors> {
     }
     Err(bad("no tensors found".into()))
 }
-
-/// Every tensor of a weight file; a pickled one (`.pt`/`.bin`) goes through `cache` when
-/// given, so that it is unpickled only once.
-pub fn read_weights(
-    path: &Path,
-    cache: Option<&super::converted::ConvertCache>,
-) -> Result<Vec<(String, Tensor)>> {
-    let pickled = !path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    match cache {
-        Some(c) if pickled && path.exists() => Ok(c.read(path, read_tensor_file)?.0),
-        _ => read_tensor_file(path),
-    }
-}

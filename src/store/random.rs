@@ -9,10 +9,9 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::build::{write_model_cache, Stores};
+use super::released::Shape;
 use super::{Recorded, TensorStore};
 use crate::error::Result;
-use crate::model::config::VisionConfig;
-use crate::model::lm::LmConfig;
 use crate::model::perceiver;
 use crate::model::vision::VisionTower;
 use crate::model::xattn::GatedCrossAttention;
@@ -144,60 +143,52 @@ impl SplitMix {
     }
 }
 
-/// Everything a random model of these shapes is made of, as the three stores of a real one.
-fn random_stores(
-    vcfg: &VisionConfig,
-    lm: &LmConfig,
-    every: usize,
-    vocab: usize,
-    device: &Device,
-) -> Stores {
+/// The tensors of a model of `shape`, as the three sources of a real one (CLIP repo,
+/// checkpoint, LM repo), with their shapes.
+pub fn tensor_shapes(shape: &Shape) -> [Vec<(String, Vec<usize>)>; 3] {
+    let (vcfg, lm) = (&shape.vision, &shape.lm);
     let clip = VisionTower::tensor_shapes(vcfg)
         .into_iter()
-        .map(|(n, s)| (format!("visual.{n}"), s));
+        .map(|(n, s)| (format!("visual.{n}"), s))
+        .collect();
     let mut ckpt: Vec<(String, Vec<usize>)> = perceiver::tensor_shapes(vcfg.width)
         .into_iter()
         .map(|(n, s)| (format!("perceiver.{n}"), s))
         .collect();
-    for i in (0..lm.n_layers()).filter(|i| (i + 1) % every == 0) {
+    for i in (0..lm.n_layers()).filter(|i| (i + 1) % shape.every == 0) {
         ckpt.extend(
             GatedCrossAttention::tensor_shapes(lm.hidden_size(), vcfg.width)
                 .into_iter()
                 .map(|(n, s)| (format!("xattn.{i}.{n}"), s)),
         );
     }
-    ckpt.extend(lm.checkpoint_tensors(vocab));
-    let store = |shapes: Vec<(String, Vec<usize>)>, what: &str, seed: u64| {
-        TensorStore::random(RandomTensors::new(shapes, seed), what, device)
-    };
-    Stores {
-        clip: store(clip.collect(), "random CLIP", 1),
-        ckpt: store(ckpt, "random checkpoint", 2),
-        lm: store(lm.lm_tensors(), "random LM", 3),
-    }
+    ckpt.extend(lm.checkpoint_tensors(shape.vocab));
+    [clip, ckpt, lm.lm_tensors()]
 }
 
-/// A model of the given shapes with random weights, its linear layers in `format` as they are
-/// made; with what it was built from when `record` (for [`keep_model`]).
-#[allow(clippy::too_many_arguments)]
+/// A model of `shape` with random weights, its linear layers in `format` as they are made;
+/// with what it was built from when `record` (for [`keep_model`]).
 pub fn random_model(
-    vcfg: &VisionConfig,
-    lm: &LmConfig,
-    every: usize,
-    vocab: usize,
-    media_id: u32,
+    shape: &Shape,
     device: &Device,
     format: WeightFormat,
     record: bool,
 ) -> Result<(Flamingo, Vec<(String, Recorded)>)> {
-    let mut stores = random_stores(vcfg, lm, every, vocab, device);
-    for st in [&mut stores.clip, &mut stores.ckpt, &mut stores.lm] {
+    let [clip, ckpt, lm] = tensor_shapes(shape);
+    let store = |shapes: Vec<(String, Vec<usize>)>, what: &str, seed: u64| {
+        let mut st = TensorStore::random(RandomTensors::new(shapes, seed), what, device);
         st.format = format;
         if record {
             st.start_recording();
         }
-    }
-    stores.build(vcfg, lm, media_id, device, format)
+        st
+    };
+    let stores = Stores {
+        clip: store(clip, "random CLIP", 1),
+        ckpt: store(ckpt, "random checkpoint", 2),
+        lm: store(lm, "random LM", 3),
+    };
+    stores.build(&shape.vision, &shape.lm, shape.media_id, device, format)
 }
 
 /// Writes the model a record describes (from [`random_model`]) as a model cache file in
@@ -211,10 +202,14 @@ pub fn keep_model(
         .into_iter()
         .map(|(name, r)| {
             Ok(match r {
-                Recorded::Linear(LinearWeight::Dense(w)) => (
-                    name,
-                    Recorded::Linear(crate::nn::linear::convert_weight(w, format)?),
-                ),
+                Recorded::Linear(LinearWeight::Dense(w)) => {
+                    let fmt =
+                        crate::nn::linear::format_for(format, crate::nn::linear::Role::of(&name));
+                    (
+                        name,
+                        Recorded::Linear(crate::nn::linear::convert_weight(w, fmt)?),
+                    )
+                }
                 other => (name, other),
             })
         })
