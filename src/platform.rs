@@ -89,6 +89,30 @@ pub fn total_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Free space on the disk holding `path` (or its nearest existing parent), bytes (Unix; None
+/// elsewhere or when the system does not say).
+pub fn free_disk_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut p = path;
+        while !p.exists() {
+            p = p.parent()?;
+        }
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs is a plain C struct, for which all-zero bytes are a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a statvfs the call fills.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// This machine's cores (1 when unknown).
 pub fn cores() -> usize {
     std::thread::available_parallelism()

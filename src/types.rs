@@ -23,8 +23,8 @@ pub enum WeightFormat {
     Q8_0,
     #[value(name = "q4k")]
     Q4K,
-    /// Mixed, like llama.cpp's Q4_K_M: feed-forward layers in q4k, attention, cross-attention
-    /// and the output projection in q8_0 (the layers whose errors move the logits most).
+    /// Mixed, like llama.cpp's Q4_K_M: the language model's and the cross-attention blocks'
+    /// feed-forward layers (most of what a token reads) in q4k, everything else in q8_0.
     #[value(name = "q4k_m")]
     Q4KM,
 }

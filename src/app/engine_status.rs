@@ -57,8 +57,9 @@ pub struct EngineStatus {
     pub model: ModelState,
     /// Progress of the model's download while it is fetched.
     pub download: Option<DownloadView>,
-    /// At start, the model was not cached: the download (this many GB) waits for a click.
-    pub download_needed: Option<f64>,
+    /// The chosen model is not cached: its download (this many GB; the cache's disk has this
+    /// much free) waits for a click.
+    pub download_needed: Option<(f64, Option<u64>)>,
     pub output: Output,
     /// The last ranking of candidates, best first: (text, summed log-probability).
     pub ranked: Vec<(String, f32)>,
@@ -114,8 +115,12 @@ impl EngineStatus {
                 self.download_needed = None;
                 self.model = ModelState::Loading(model_id);
             }
-            Event::DownloadNeeded { download_gb, .. } => {
-                self.download_needed = Some(download_gb);
+            Event::DownloadNeeded {
+                download_gb,
+                free_bytes,
+                ..
+            } => {
+                self.download_needed = Some((download_gb, free_bytes));
             }
             Event::Download(e) => self.download.get_or_insert_default().apply(e),
             Event::Loaded { info, count_tokens } => {

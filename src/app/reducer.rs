@@ -42,6 +42,10 @@ pub enum Command {
     Score,
     Stop,
     LoadModel(String),
+    /// Pick a model in the menu: its weight format becomes the best that fits when the
+    /// current one does not; a model the cache lacks waits for the user's download click
+    /// (the current model stays until then).
+    SelectModel(String),
     /// Stop the model's download (what is complete stays in the cache).
     CancelDownload,
     NewSet,
@@ -115,6 +119,19 @@ impl FlamingoApp {
                 self.status.count_tokens = None;
                 self.token_count = None;
                 self.engine.load(&id, self.settings.weights, true);
+            }
+            Command::SelectModel(id) => {
+                if let Some(spec) = crate::hub::registry::find(&id) {
+                    let machine = crate::platform::total_memory_bytes().unwrap_or(u64::MAX);
+                    if crate::engine::memory_needed(spec, self.settings.weights) >= machine {
+                        if let Some(f) = crate::engine::default_format(spec, machine) {
+                            self.settings.weights = f;
+                        }
+                    }
+                }
+                self.settings.model_id = id.clone();
+                self.status.download_needed = None;
+                self.engine.load(&id, self.settings.weights, false);
             }
             Command::NewSet => {
                 self.ws = WorkingSet::new();

@@ -81,34 +81,60 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         ui.separator();
         let model_label = ui.label("Model");
         let current = app.settings.model_id.clone();
+        let machine = crate::platform::total_memory_bytes().unwrap_or(u64::MAX);
         egui::ComboBox::from_id_salt("model")
             .selected_text(short_model(&current))
             .width(240.0)
             .show_ui(ui, |ui| {
                 for m in registry::MODELS {
-                    let label = if m.family.supported() {
-                        format!("{}  (~{:.0} GB)", short_model(m.id), m.download_gb)
-                    } else {
-                        format!("{}  ({:?}: not yet)", short_model(m.id), m.family)
+                    let best = crate::engine::default_format(m, machine);
+                    let label = match best {
+                        Some(f) => format!(
+                            "{}  ~{:.0} GB download, {:.1} GB in {}",
+                            short_model(m.id),
+                            m.download_gb,
+                            gb(crate::engine::memory_needed(m, f)),
+                            f.name()
+                        ),
+                        None => format!("{}  (too big for this machine)", short_model(m.id)),
                     };
-                    let resp = ui.add_enabled(
-                        m.family.supported(),
-                        egui::Button::selectable(current == m.id, label),
-                    );
+                    let mut hover = memory_lines(m, machine);
+                    if let Some(note) = m.note {
+                        hover.push_str("\n\n");
+                        hover.push_str(note);
+                    }
+                    let resp = ui
+                        .add_enabled(
+                            m.family.supported() && best.is_some(),
+                            egui::Button::selectable(current == m.id, label),
+                        )
+                        .on_hover_text(hover.clone())
+                        .on_disabled_hover_text(hover);
                     if resp.clicked() && current != m.id {
-                        cmds.push(Command::LoadModel(m.id.to_string()));
+                        cmds.push(Command::SelectModel(m.id.to_string()));
                     }
                 }
             })
             .response
             .labelled_by(model_label.id);
+        // A model the cache lacks: the download waits for this click, whatever is loaded now.
+        if let Some((gb_needed, free)) = app.status.download_needed {
+            let resp = ui.button(format!("Download (~{gb_needed:.0} GB) and load"));
+            let free_text = match free {
+                Some(f) => format!("{:.1} GB free in the Hugging Face cache's disk", gb(f)),
+                None => "free disk space unknown".to_string(),
+            };
+            resp.clone().on_hover_text(format!(
+                "{} is not in the Hugging Face cache; {free_text}.",
+                short_model(&current)
+            ));
+            if resp.clicked() {
+                cmds.push(Command::LoadModel(current.clone()));
+            }
+        }
         match &app.status.model {
             ModelState::NotLoaded => {
-                let label = match app.status.download_needed {
-                    Some(gb) => format!("Download (~{gb:.0} GB) and load"),
-                    None => "Load".to_string(),
-                };
-                if ui.button(label).clicked() {
+                if app.status.download_needed.is_none() && ui.button("Load").clicked() {
                     cmds.push(Command::LoadModel(current.clone()));
                 }
             }
@@ -150,15 +176,34 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         }
         let weights_label = ui.label("Weights");
         let mut fmt = app.settings.weights;
+        let spec = registry::find(&current);
         egui::ComboBox::from_id_salt("weights")
             .selected_text(fmt.name())
             .show_ui(ui, |ui| {
                 for f in crate::types::WeightFormat::ALL {
-                    ui.selectable_value(&mut fmt, f, f.name());
+                    let need = spec.map(|m| crate::engine::memory_needed(m, f));
+                    let fits = need.is_none_or(|n| n < machine);
+                    let label = match need {
+                        Some(n) => format!("{}  {:.1} GB", f.name(), gb(n)),
+                        None => f.name().to_string(),
+                    };
+                    let resp = ui
+                        .add_enabled(fits, egui::Button::selectable(fmt == f, label))
+                        .on_disabled_hover_text(format!(
+                            "needs about {:.1} GB; this machine has {:.1} GB",
+                            gb(need.unwrap_or(0)),
+                            gb(machine)
+                        ));
+                    if resp.clicked() {
+                        fmt = f;
+                    }
                 }
             })
             .response
-            .on_hover_text("f32: exact; f16/q8_0/q4k: less memory, faster decoding")
+            .on_hover_text(
+                "f32: the reference's numbers; f16: closest to them; q8_0: fast, close; \
+                 q4k_m, q4k: smallest",
+            )
             .labelled_by(weights_label.id);
         if fmt != app.settings.weights {
             app.settings.weights = fmt;
@@ -293,6 +338,25 @@ fn device_label() -> &'static str {
     } else {
         "CPU"
     }
+}
+
+fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}
+
+/// A model's memory in each weight format, against this machine's.
+fn memory_lines(m: &registry::ModelSpec, machine: u64) -> String {
+    let mut s = format!("Memory needed (this machine: {:.1} GB):", gb(machine));
+    for f in crate::types::WeightFormat::ALL {
+        let need = crate::engine::memory_needed(m, f);
+        s.push_str(&format!(
+            "\n  {:<6} {:>5.1} GB{}",
+            f.name(),
+            gb(need),
+            if need < machine { "" } else { "  (too big)" }
+        ));
+    }
+    s
 }
 
 fn short_model(id: &str) -> &str {

@@ -391,7 +391,10 @@ fn download(model: &str) -> anyhow::Result<()> {
 }
 
 fn models(json: bool) -> anyhow::Result<()> {
+    use crate::store::released::Shape;
     let cache = crate::hub::cache_dir();
+    let total = crate::platform::total_memory_bytes();
+    let gb = |b: u64| (b as f64 / 1e8).round() / 10.0;
     let rows: Vec<serde_json::Value> = crate::hub::registry::MODELS
         .iter()
         .map(|m| {
@@ -411,10 +414,23 @@ fn models(json: bool) -> anyhow::Result<()> {
                     serde_json::json!({"repo": n.repo, "choices": n.choices, "cached": cached})
                 })
                 .collect();
+            let shape = Shape::released(m.family);
+            let memory: serde_json::Map<String, serde_json::Value> = WeightFormat::ALL
+                .iter()
+                .map(|f| {
+                    let b = shape.peak_bytes(*f);
+                    let fits = total.is_none_or(|t| b < t);
+                    (
+                        f.name().to_string(),
+                        serde_json::json!({"gb": gb(b), "fits_this_machine": fits}),
+                    )
+                })
+                .collect();
             serde_json::json!({
                 "id": m.id, "family": m.family, "runs": m.family.supported(),
                 "cross_attn_every": m.cross_attn_every, "download_gb": m.download_gb,
-                "ram_gb": m.ram_gb, "repos": [m.checkpoint_repo, m.lm_repo, m.clip_repo],
+                "memory": memory, "media_attention": m.media_attention.name(),
+                "note": m.note, "repos": [m.checkpoint_repo, m.lm_repo, m.clip_repo],
                 "files": files, "cached": complete, "bytes_on_disk": bytes,
             })
         })
@@ -422,14 +438,35 @@ fn models(json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"cache": cache, "models": rows}))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "cache": cache, "machine_memory_gb": total.map(gb), "models": rows
+            }))?
         );
         return Ok(());
     }
     println!("Hugging Face cache: {}", cache.display());
+    if let Some(t) = total {
+        println!("This machine's memory: {:.1} GB", gb(t));
+    }
     for r in rows {
+        let mem: Vec<String> = WeightFormat::ALL
+            .iter()
+            .map(|f| {
+                let m = &r["memory"][f.name()];
+                format!(
+                    "{} {:.1}{}",
+                    f.name(),
+                    m["gb"].as_f64().unwrap_or(0.0),
+                    if m["fits_this_machine"] == true {
+                        ""
+                    } else {
+                        " (too big here)"
+                    }
+                )
+            })
+            .collect();
         println!(
-            "{:<55} {:<10} {:<8} ~{:>4.1} GB download, ~{:>2.0} GB RAM (f32)  {}",
+            "{}\n    {}, {}, ~{:.1} GB download; memory GB: {}\n    {}",
             r["id"].as_str().unwrap_or(""),
             r["family"].as_str().unwrap_or(""),
             if r["runs"].as_bool() == Some(true) {
@@ -438,7 +475,7 @@ fn models(json: bool) -> anyhow::Result<()> {
                 "not yet"
             },
             r["download_gb"].as_f64().unwrap_or(0.0),
-            r["ram_gb"].as_f64().unwrap_or(0.0),
+            mem.join(", "),
             if r["cached"].as_bool() == Some(true) {
                 format!(
                     "cached ({:.2} GB on disk)",
@@ -448,6 +485,9 @@ fn models(json: bool) -> anyhow::Result<()> {
                 "not downloaded".to_string()
             }
         );
+        if let Some(note) = r["note"].as_str() {
+            println!("    note: {note}");
+        }
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Error;
 pub use crate::generate::{GenerationConfig, Timings};
 use crate::pipeline::Captioner;
-pub use crate::pipeline::{CaptionRequest, ImageInput, Prepared, Shot};
+pub use crate::pipeline::{
+    default_format, memory_needed, CaptionRequest, ImageInput, Prepared, Shot,
+};
 use crate::types::WeightFormat;
 
 /// Counts a prompt's tokens with the loaded model's tokenizer (called on the UI thread: a
@@ -70,6 +72,8 @@ pub enum Event {
     DownloadNeeded {
         model_id: String,
         download_gb: f64,
+        /// Free space on the cache's disk, bytes (where the system says).
+        free_bytes: Option<u64>,
     },
     /// Progress of fetching the model's missing files (before `Loaded`).
     Download(crate::hub::download::DownloadEvent),
@@ -288,6 +292,7 @@ fn run(
                         send(Event::DownloadNeeded {
                             model_id,
                             download_gb: spec.download_gb,
+                            free_bytes: crate::platform::free_disk_bytes(&cache),
                         });
                         continue;
                     }

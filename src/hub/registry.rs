@@ -28,11 +28,18 @@ pub struct ModelSpec {
     pub cross_attn_every: usize,
     /// Approximate total download, GB.
     pub download_gb: f64,
-    /// Approximate memory to run it in f32, GB (q8_0 needs about a third of it).
-    pub ram_gb: f64,
+    /// What a user should know about it (shown by `flamingo models` and in the app).
+    pub note: Option<&'static str>,
     /// Which image text attends to by default: v2's for the v2 models, v1's for the v1 one.
     pub media_attention: MediaAttention,
 }
+
+/// The v1 model's two departures from the v2 ones (docs/openflamingo.md §4.3, §6.3).
+pub const V1_NOTE: &str = "OpenFlamingo v1: text attends to the image after it (mmpretrain's \
+    masking; --media-attention previous for v2's). Its checkpoint has no output rows for the \
+    three tokens OpenFlamingo added (<|endofchunk|>, <image>, <PAD>); they are zero here, so \
+    their logits are 0, far below a real model's best: a caption runs to the token limit and \
+    the post-processing cuts it, as with the reference's random rows.";
 
 pub const DEFAULT_MODEL: &str = "openflamingo/OpenFlamingo-3B-vitl-mpt1b";
 const CLIP: &str = "timm/vit_large_patch14_clip_224.openai";
@@ -47,7 +54,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::MosaicGpt,
         cross_attn_every: 1,
         download_gb: 11.0,
-        ram_gb: 11.0,
+        note: None,
         media_attention: MediaAttention::Previous,
     },
     ModelSpec {
@@ -59,7 +66,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::MosaicGpt,
         cross_attn_every: 1,
         download_gb: 11.0,
-        ram_gb: 11.0,
+        note: None,
         media_attention: MediaAttention::Previous,
     },
     ModelSpec {
@@ -71,7 +78,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::GptNeoX,
         cross_attn_every: 2,
         download_gb: 12.5,
-        ram_gb: 16.0,
+        note: None,
         media_attention: MediaAttention::Previous,
     },
     ModelSpec {
@@ -83,7 +90,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::GptNeoX,
         cross_attn_every: 2,
         download_gb: 12.5,
-        ram_gb: 16.0,
+        note: None,
         media_attention: MediaAttention::Previous,
     },
     ModelSpec {
@@ -95,7 +102,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::Mpt,
         cross_attn_every: 4,
         download_gb: 20.0,
-        ram_gb: 36.0,
+        note: None,
         media_attention: MediaAttention::Previous,
     },
     ModelSpec {
@@ -107,7 +114,7 @@ pub const MODELS: &[ModelSpec] = &[
         family: LmFamily::Llama,
         cross_attn_every: 4,
         download_gb: 20.0,
-        ram_gb: 36.0,
+        note: Some(V1_NOTE),
         media_attention: MediaAttention::Next,
     },
 ];

@@ -18,7 +18,8 @@ use crate::types::WeightFormat;
 /// What a linear layer does, as far as the mixed formats care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// A feed-forward (MLP) projection.
+    /// A feed-forward (MLP) projection of the language model or a cross-attention block:
+    /// read once per generated token.
     FeedForward,
     /// The output projection onto the vocabulary.
     Output,
@@ -27,8 +28,10 @@ pub enum Role {
 }
 
 impl Role {
-    /// The role of the layer named `name` in the weight files (`…mlp.…`, `…ffn.…`, `…ff.…`,
-    /// the perceiver's `layers.{i}.1.…`: feed-forward; `lm_head`, `embed_out`: output).
+    /// The role of the layer named `name` in the weight files (`…mlp.…`, `…ffn.…`, `…ff.…`
+    /// outside the vision tower and the perceiver: feed-forward; `lm_head`, `embed_out`:
+    /// output). The vision tower and the perceiver run once per image, not per token: their
+    /// feed-forwards count as "other".
     pub fn of(name: &str) -> Self {
         // A model-cache name carries its section (`lm/…`).
         let name = name.rsplit('/').next().unwrap_or(name);
@@ -39,10 +42,8 @@ impl Role {
         {
             return Self::Output;
         }
-        let perceiver_ff = parts.first() == Some(&"perceiver")
-            && parts.get(1) == Some(&"layers")
-            && parts.get(3) == Some(&"1");
-        if perceiver_ff || parts.iter().any(|p| matches!(*p, "mlp" | "ffn" | "ff")) {
+        let per_image = matches!(parts.first(), Some(&"visual") | Some(&"perceiver"));
+        if !per_image && parts.iter().any(|p| matches!(*p, "mlp" | "ffn" | "ff")) {
             return Self::FeedForward;
         }
         Self::Other
@@ -426,8 +427,6 @@ mod tests {
     #[test]
     fn roles_follow_the_key_names_of_every_family() {
         for ff in [
-            "visual.transformer.resblocks.3.mlp.c_fc",
-            "perceiver.layers.2.1.3",
             "xattn.7.ff.1",
             "lm/transformer.blocks.0.mlp.mlp_up.weight",
             "transformer.blocks.5.ffn.down_proj",
@@ -440,6 +439,8 @@ mod tests {
             assert_eq!(Role::of(out), Role::Output, "{out}");
         }
         for other in [
+            "visual.transformer.resblocks.3.mlp.c_fc",
+            "perceiver.layers.2.1.3",
             "perceiver.layers.2.0.to_kv",
             "xattn.3.attn.to_q",
             "transformer.blocks.0.attn.Wqkv",

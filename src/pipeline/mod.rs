@@ -66,6 +66,24 @@ fn read_images(inputs: &[&ImageInput]) -> Result<Vec<RequestImage>> {
     inputs.iter().map(|i| RequestImage::read(i)).collect()
 }
 
+/// The memory a registered model needs in `format` (peak of a caption, estimated from its
+/// shape), bytes.
+pub fn memory_needed(spec: &registry::ModelSpec, format: WeightFormat) -> u64 {
+    crate::store::released::Shape::released(spec.family).peak_bytes(format)
+}
+
+/// The formats a model's default is chosen from, in order of preference: q8_0 (fast, close to
+/// f32), then the 4-bit ones. f16 and f32 are there to choose, never picked for you.
+pub const DEFAULT_FORMATS: [WeightFormat; 3] =
+    [WeightFormat::Q8_0, WeightFormat::Q4KM, WeightFormat::Q4K];
+
+/// The best default format of a model that fits in `memory` bytes (None: none does).
+pub fn default_format(spec: &registry::ModelSpec, memory: u64) -> Option<WeightFormat> {
+    DEFAULT_FORMATS
+        .into_iter()
+        .find(|f| memory_needed(spec, *f) < memory)
+}
+
 /// The state after a batch of prompts, each row with its own images' latents [n_i, L, D] and
 /// ids: prompts left-padded with `pad_id` (a key mask keeps the padding out), rows with fewer
 /// images padded with latents no token attends to. Returns the session and the logits
