@@ -50,6 +50,7 @@ fn check(set: &str, config: GenerationConfig) {
         eos_id: tok.eoc_id,
         suppress: vec![tok.media_id],
         keep_logits: true,
+        ..Default::default()
     };
     let cancel = AtomicBool::new(false);
     let rows: Vec<(Tensor, &[u32])> = cases

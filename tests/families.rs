@@ -69,6 +69,7 @@ fn run(
         eos_id: l.tok.eoc_id,
         suppress: vec![],
         keep_logits: true,
+        ..Default::default()
     };
     let mut g = Generated::default();
     decode(

@@ -66,6 +66,7 @@ fn every_format_runs_and_stays_close_to_the_reference() {
             eos_id: tok.eoc_id,
             suppress: vec![tok.media_id],
             keep_logits: false,
+            ..Default::default()
         };
         let g = generate(&model, &pixels, &prompt, &opts);
         assert_eq!(g.tokens.len(), 4);

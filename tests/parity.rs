@@ -102,6 +102,7 @@ fn check_case(l: &Loaded, tag: &str) {
         eos_id: l.tok.eoc_id,
         suppress: vec![l.tok.media_id],
         keep_logits: true,
+        ..Default::default()
     };
     let g = generate(&l.model, &pixels, &prompt_ids, &opts);
     assert_eq!(

@@ -237,6 +237,8 @@ impl FlamingoApp {
             },
             keep_logits: false,
             media_attention: self.settings.media_attention,
+            top_logprobs: 0,
+            forced: Vec::new(),
         }
     }
 

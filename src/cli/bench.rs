@@ -407,7 +407,7 @@ fn timings(
         },
         eos_id: u32::MAX,
         suppress: vec![media],
-        keep_logits: false,
+        ..Default::default()
     };
     let cancel = AtomicBool::new(false);
     let reps = a.repeats.max(1);

@@ -348,6 +348,8 @@ impl PromptArgs {
             generation: GenerationConfig::default(),
             keep_logits: false,
             media_attention: self.media_attention,
+            top_logprobs: 0,
+            forced: Vec::new(),
         };
         let (device, _) = crate::platform::pick_device();
         let fmt = self.dtype;

@@ -17,7 +17,7 @@ use crate::model::Session;
 
 pub use logits::GenerationConfig;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateOptions {
     pub config: GenerationConfig,
     /// Generation stops after this token (it is included in the output ids).
@@ -26,6 +26,11 @@ pub struct GenerateOptions {
     pub suppress: Vec<u32>,
     /// Keep every step's logits (for `--logits-out` and tests).
     pub keep_logits: bool,
+    /// Keep each step's this many most likely tokens with their log-probabilities.
+    pub top_logprobs: usize,
+    /// Tokens taken as the first steps' choices instead of choosing (a branch that forces an
+    /// alternative continues from them); decoding goes on after them as usual.
+    pub forced: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -39,9 +44,41 @@ pub struct Timings {
 #[derive(Clone, Debug, Default)]
 pub struct Generated {
     pub tokens: Vec<u32>,
+    /// log p(token) of each generated token under the model's distribution (the softmax of
+    /// its step's logits, before any decoding rule).
+    pub token_logprobs: Vec<f32>,
+    /// Each step's most likely tokens and their log-probabilities, best first (with
+    /// [`GenerateOptions::top_logprobs`]).
+    pub alternatives: Vec<Vec<(u32, f32)>>,
     pub step_logits: Vec<Vec<f32>>,
     pub timings: Timings,
     pub stopped_by_eos: bool,
+}
+
+impl Generated {
+    /// The summed log-probability of the generated tokens.
+    pub fn logprob(&self) -> f32 {
+        self.token_logprobs.iter().sum()
+    }
+}
+
+/// The log-probability of `chosen` under softmax(`logits`), and the `k` most likely tokens
+/// with theirs, best first.
+pub fn logprobs(logits: &[f32], chosen: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |x: f32| (x as f64 - lse) as f32;
+    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&x| lp(x));
+    if k == 0 {
+        return (chosen_lp, Vec::new());
+    }
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    idx.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+    let mut top: Vec<(u32, f32)> = idx[..k].iter().map(|&i| (i, lp(logits[i as usize]))).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (chosen_lp, top)
 }
 
 fn last_row(logits: &Tensor) -> Result<Tensor> {
@@ -84,8 +121,16 @@ pub fn decode(
             return Err(Error::Cancelled);
         }
         let v: Vec<f32> = row.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        let next = logits::choose(&v, &seq, step, cfg, opts.eos_id, &opts.suppress, &mut rng);
+        let next = match opts.forced.get(step) {
+            Some(&t) => t,
+            None => logits::choose(&v, &seq, step, cfg, opts.eos_id, &opts.suppress, &mut rng),
+        };
         seq.push(next);
+        let (lp, top) = logprobs(&v, next, opts.top_logprobs);
+        out.token_logprobs.push(lp);
+        if opts.top_logprobs > 0 {
+            out.alternatives.push(top);
+        }
         if opts.keep_logits {
             out.step_logits.push(v);
         }
@@ -157,6 +202,11 @@ pub fn decode_batch(
                 &opts.suppress,
                 &mut rngs[r],
             );
+            let (lp, top) = logprobs(&rows[r], t, opts.top_logprobs);
+            out[r].token_logprobs.push(lp);
+            if opts.top_logprobs > 0 {
+                out[r].alternatives.push(top);
+            }
             if opts.keep_logits {
                 out[r].step_logits.push(rows[r].clone());
             }

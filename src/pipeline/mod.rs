@@ -487,6 +487,8 @@ impl Captioner {
             eos_id: self.tokenizer.eoc_id,
             suppress: vec![self.tokenizer.media_id],
             keep_logits: req.keep_logits,
+            top_logprobs: req.top_logprobs,
+            forced: req.forced.clone(),
         }
     }
 
@@ -640,7 +642,7 @@ impl Captioner {
             stopped_by_eos: best.last() == Some(&self.tokenizer.eoc_id),
             timings,
             tokens: best,
-            step_logits: Vec::new(),
+            ..Default::default()
         };
         Ok((generated, beams))
     }

@@ -64,6 +64,11 @@ pub struct CaptionRequest {
     pub keep_logits: bool,
     /// Which image text attends to; None: the model's own (v1 for the v1 model).
     pub media_attention: Option<MediaAttention>,
+    /// Keep each generated token's this many most likely alternatives.
+    pub top_logprobs: usize,
+    /// Tokens the caption starts with instead of choosing them (a branch from a forced
+    /// alternative); generation continues after them.
+    pub forced: Vec<u32>,
 }
 
 impl CaptionRequest {

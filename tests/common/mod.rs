@@ -91,6 +91,8 @@ pub fn caption_request(
         },
         keep_logits: false,
         media_attention: None,
+        top_logprobs: 0,
+        forced: Vec::new(),
     }
 }
 

@@ -193,6 +193,7 @@ def main():
     a = ap.parse_args()
     s = SHAPES[a.shape]
     cache = Path(a.out)
+    cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"flamingo-{a.shape}-", dir=cache.parent))
     gen = torch.Generator().manual_seed(0)
     tok = next((FIX / "hf/hub/models--anas-awadalla--mpt-1b-redpajama-200b/snapshots").iterdir())
