@@ -88,3 +88,14 @@ impl MediaAttention {
         }
     }
 }
+
+/// Which examples the k-shot row of a shot sweep takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ShotPick {
+    /// The first k, in order.
+    #[default]
+    First,
+    /// The first k of one seeded shuffle of the examples: random draws whose k-shot set
+    /// still holds the (k−1)-shot one, so that each row runs on from the row before.
+    Random { seed: u64 },
+}

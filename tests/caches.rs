@@ -1,5 +1,6 @@
 //! The image-latent and prompt-prefix caches give the same tokens as no caches, are used when
-//! only the query changes, and are not used when examples, their order or captions change.
+//! only the query changes or examples are added after kept ones, and are not used when
+//! examples, their order or captions change.
 
 mod common;
 
@@ -64,6 +65,7 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
                 vision_hits: 0,
                 vision_misses: 3,
                 prefix_hits: 0,
+                prefix_extends: 0,
                 prefix_misses: 1,
             },
         ),
@@ -74,6 +76,7 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
                 vision_hits: 2,
                 vision_misses: 4,
                 prefix_hits: 1,
+                prefix_extends: 0,
                 prefix_misses: 1,
             },
         ),
@@ -84,6 +87,7 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
                 vision_hits: 5,
                 vision_misses: 4,
                 prefix_hits: 1,
+                prefix_extends: 0,
                 prefix_misses: 2,
             },
         ),
@@ -94,6 +98,7 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
                 vision_hits: 8,
                 vision_misses: 4,
                 prefix_hits: 1,
+                prefix_extends: 0,
                 prefix_misses: 3,
             },
         ),
@@ -104,6 +109,21 @@ fn cached_and_uncached_agree_and_caches_are_used_only_when_valid() {
                 vision_hits: 9,
                 vision_misses: 4,
                 prefix_hits: 1,
+                prefix_extends: 0,
+                prefix_misses: 3,
+            },
+        ),
+        // A third example after the last set's two: only it runs, on from their state.
+        (
+            request(
+                &[two[1], two[0], ("astronaut.png", "An astronaut in a suit.")],
+                "rocket.jpg",
+            ),
+            CacheStats {
+                vision_hits: 13,
+                vision_misses: 4,
+                prefix_hits: 1,
+                prefix_extends: 1,
                 prefix_misses: 3,
             },
         ),

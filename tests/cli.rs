@@ -423,3 +423,77 @@ fn models_lists_the_registry_and_the_cache() {
     let llama = models.iter().find(|m| m["family"] == "Llama").unwrap();
     assert_eq!(llama["cached"], false);
 }
+
+/// `sweep --json`: one line per count in the order given, each with `shots` and the tokens of
+/// a `caption --json` run with that many examples; `--top-logprobs` adds each token's
+/// alternatives; `ablate --json` gives one effect per example.
+#[test]
+fn sweep_and_ablate_json() {
+    let shots = [
+        ("chelsea.png", "A cat lying on a rug."),
+        ("coffee.png", "A cup of coffee on a table."),
+    ];
+    let run = |cmd: &str, n: usize, extra: &[&str]| {
+        let mut c = flamingo();
+        c.env("HF_HOME", fixtures().join("hf"))
+            .arg(cmd)
+            .arg("--json");
+        for (i, t) in &shots[..n] {
+            c.arg("--shot").arg(img(i)).arg(t);
+        }
+        c.arg(img("astronaut.png"))
+            .args(["--max-new-tokens", "5"])
+            .args(extra);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines: Vec<serde_json::Value> = run("sweep", 2, &["--shots", "2,0,1"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (line, n) in lines.iter().zip([2, 0, 1]) {
+        assert_eq!(line["shots"], n);
+        let alone: serde_json::Value = serde_json::from_str(&run("caption", n, &[])).unwrap();
+        assert_eq!(line["token_ids"], alone["token_ids"], "{n} shots");
+        assert_eq!(line["prompt"], alone["prompt"], "{n} shots");
+    }
+
+    let v: serde_json::Value =
+        serde_json::from_str(&run("caption", 2, &["--top-logprobs", "3"])).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), v["token_ids"].as_array().unwrap().len());
+    let mut sum = 0.0;
+    for t in tokens {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top[0]["logprob"].as_f64().unwrap();
+        assert!(
+            t["logprob"].as_f64().unwrap() <= best + 1e-6,
+            "greedy takes the best"
+        );
+        sum += t["logprob"].as_f64().unwrap();
+    }
+    assert!((sum - v["logprob"].as_f64().unwrap()).abs() < 1e-3);
+
+    let a: serde_json::Value = serde_json::from_str(&run("ablate", 2, &[])).unwrap();
+    assert_eq!(a["examples"].as_array().unwrap().len(), 2);
+    assert!(a["reversed"]["effect"].is_number());
+    assert_eq!(a["token_ids"], v["token_ids"], "the caption it explains");
+
+    // A count past the examples is refused before the model loads.
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .args(["sweep", "--shots", "3"])
+        .arg(img("astronaut.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3-shot"), "{err}");
+}

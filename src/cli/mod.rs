@@ -49,6 +49,12 @@ pub enum Command {
     },
     /// Rank candidate texts by their log-likelihood after the prompt.
     Score(Box<ScoreArgs>),
+    /// Caption QUERY_IMAGE with 0, 1, 2, … of the examples (the first n for count n),
+    /// side by side: how the caption changes as examples are added.
+    Sweep(Box<SweepArgs>),
+    /// What each example did: the caption's log-probability with each example left out and
+    /// with the examples reversed (the caption is generated first unless --caption gives it).
+    Ablate(Box<AblateArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
 }
@@ -154,6 +160,34 @@ pub struct CaptionArgs {
     /// Write every generation step's logits as an f32 .npy of shape [steps, vocab].
     #[arg(long, value_name = "FILE.npy")]
     pub logits_out: Option<PathBuf>,
+    /// With --json: each generated token with its log-probability and this many most likely
+    /// alternatives.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub top_logprobs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub caption: CaptionArgs,
+    /// The example counts, comma-separated (default: 0, 1, 2, 4, … up to the number of
+    /// examples). With --json, one line per count in this order.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub shots: Vec<usize>,
+    /// Draw the examples at random (the first n of one shuffle with this seed) instead of
+    /// taking the first n in order.
+    #[arg(long, value_name = "SEED")]
+    pub random: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    #[command(flatten)]
+    pub caption: CaptionArgs,
+    /// The caption to explain (scored as given, without an end-of-chunk); default: the one
+    /// the model generates with all the examples.
+    #[arg(long = "caption", value_name = "TEXT")]
+    pub text: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -275,6 +309,8 @@ impl Cli {
         match &self.command {
             Some(Command::Caption(a)) => a.prompt.threads.map(usize::from),
             Some(Command::Score(a)) => a.prompt.threads.map(usize::from),
+            Some(Command::Sweep(a)) => a.caption.prompt.threads.map(usize::from),
+            Some(Command::Ablate(a)) => a.caption.prompt.threads.map(usize::from),
             Some(Command::Bench(a)) => a.threads.map(usize::from),
             _ => None,
         }
@@ -311,6 +347,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Caption(a)) => caption(*a),
         Some(Command::Score(a)) => score(*a),
+        Some(Command::Sweep(a)) => sweep(*a),
+        Some(Command::Ablate(a)) => ablate(*a),
         Some(Command::Models { json }) => models(json),
         Some(Command::Download { model }) => download(&model),
         Some(Command::Bench(a)) => bench::run(a),
@@ -596,6 +634,7 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
     let (mut req, captioner) = a.prompt.load()?;
     req.generation = a.generation();
     req.keep_logits = a.logits_out.is_some();
+    req.top_logprobs = a.top_logprobs;
     let cancel = AtomicBool::new(false);
     let json = a.json;
     let mut stdout = std::io::stdout();
@@ -609,29 +648,215 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
         write_logits(path, &res.generated.step_logits)?;
     }
     if json {
-        let t = &res.generated.timings;
-        let obj = serde_json::json!({
-            "model": captioner.model_id,
-            "device": format!("{:?}", captioner.model.device().location()),
-            "text": res.text,
-            "raw_text": res.raw_text,
-            "token_ids": res.generated.tokens,
-            "prompt": res.prompt,
-            "prompt_token_ids": res.prompt_ids,
-            "stopped_by_eos": res.generated.stopped_by_eos,
-            "sequence_score": res.beams.first().map(|b| b.sequence_score),
-            "beams": res.beams,
-            "timings": {
-                "load_s": captioner.load_s,
-                "encode_s": t.encode_s,
-                "prefill_s": t.prefill_s,
-                "decode_s": t.decode_s,
-                "decode_tokens": t.decode_tokens,
-            },
-        });
+        let obj = caption_json(&captioner, &res, a.top_logprobs > 0)?;
         println!("{}", serde_json::to_string_pretty(&obj)?);
     } else {
         println!();
+    }
+    Ok(())
+}
+
+/// The JSON of a caption (`caption --json`, and each line of `sweep --json`); with `tokens`,
+/// each generated token with its text, log-probability and alternatives.
+fn caption_json(
+    captioner: &Captioner,
+    res: &crate::pipeline::CaptionResult,
+    tokens: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let g = &res.generated;
+    let t = &g.timings;
+    let mut obj = serde_json::json!({
+        "model": captioner.model_id,
+        "device": format!("{:?}", captioner.model.device().location()),
+        "text": res.text,
+        "raw_text": res.raw_text,
+        "token_ids": g.tokens,
+        "logprob": (!g.token_logprobs.is_empty()).then(|| g.logprob()),
+        "prompt": res.prompt,
+        "prompt_token_ids": res.prompt_ids,
+        "stopped_by_eos": g.stopped_by_eos,
+        "sequence_score": res.beams.first().map(|b| b.sequence_score),
+        "beams": res.beams,
+        "timings": {
+            "load_s": captioner.load_s,
+            "encode_s": t.encode_s,
+            "prefill_s": t.prefill_s,
+            "decode_s": t.decode_s,
+            "decode_tokens": t.decode_tokens,
+        },
+    });
+    if tokens {
+        let tok = &captioner.tokenizer;
+        let texts = tok.token_texts(&g.tokens)?;
+        let rows = g
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let top = g
+                    .alternatives
+                    .get(i)
+                    .map(|alts| {
+                        alts.iter()
+                            .map(|(a, lp)| {
+                                Ok(serde_json::json!({
+                                    "id": a, "text": tok.decode(&[*a])?, "logprob": lp,
+                                }))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?
+                    .unwrap_or_default();
+                Ok(serde_json::json!({
+                    "id": id,
+                    "text": texts.get(i),
+                    "logprob": g.token_logprobs.get(i),
+                    "top_logprobs": top,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        obj["tokens"] = serde_json::Value::Array(rows);
+    }
+    Ok(obj)
+}
+
+/// The request and model of a command that captions one query (sweep, ablate).
+fn one_query(a: &CaptionArgs, what: &str) -> anyhow::Result<(CaptionRequest, Captioner)> {
+    if a.prompt.query.is_none() || a.prompt.batch.is_some() {
+        anyhow::bail!("{what} takes one QUERY_IMAGE (no --batch)");
+    }
+    if a.logits_out.is_some() {
+        anyhow::bail!("--logits-out is for `flamingo caption`");
+    }
+    let (mut req, captioner) = a.prompt.load()?;
+    req.generation = a.generation();
+    req.top_logprobs = a.top_logprobs;
+    Ok((req, captioner))
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    use crate::pipeline::icl::{default_counts, SweepEvent};
+    let n = a.caption.prompt.shot.len() / 2;
+    let counts = if a.shots.is_empty() {
+        default_counts(n)
+    } else {
+        a.shots.clone()
+    };
+    // Checked before the model loads.
+    crate::pipeline::icl::sweep_picks(n, &counts, crate::types::ShotPick::First)?;
+    let (req, captioner) = one_query(&a.caption, "sweep")?;
+    let pick = match a.random {
+        Some(seed) => crate::types::ShotPick::Random { seed },
+        None => crate::types::ShotPick::First,
+    };
+    let json = a.caption.json;
+    let tokens = a.caption.top_logprobs > 0;
+    // JSON lines go out in the order of the counts, each as soon as the ones before it are.
+    let mut lines: Vec<Option<String>> = vec![None; counts.len()];
+    let mut printed = 0;
+    let mut failure: Option<anyhow::Error> = None;
+    let mut stdout = std::io::stdout();
+    let rows = captioner.sweep(&req, &counts, pick, &AtomicBool::new(false), |e| match e {
+        SweepEvent::RowStarted { row, examples } if !json => {
+            let which: Vec<String> = examples.iter().map(|i| (i + 1).to_string()).collect();
+            let _ = write!(
+                stdout,
+                "{}-shot (examples: {}): ",
+                counts[row],
+                if which.is_empty() {
+                    "none".to_string()
+                } else {
+                    which.join(", ")
+                }
+            );
+            let _ = stdout.flush();
+        }
+        SweepEvent::Text { chunk, .. } if !json => {
+            let _ = write!(stdout, "{chunk}");
+            let _ = stdout.flush();
+        }
+        SweepEvent::RowFinished { row, row_result } => {
+            let line = match row_result {
+                Ok(r) => caption_json(&captioner, &r.result, tokens).map(|mut obj| {
+                    obj["shots"] = counts[row].into();
+                    obj["examples"] = serde_json::json!(r.examples);
+                    obj["seconds"] = r.seconds.into();
+                    obj
+                }),
+                Err(e) => Ok(serde_json::json!({"shots": counts[row], "error": e.to_string()})),
+            };
+            match line {
+                Ok(obj) if json => {
+                    lines[row] = Some(obj.to_string());
+                    while let Some(Some(l)) = lines.get(printed) {
+                        let _ = writeln!(stdout, "{l}");
+                        printed += 1;
+                    }
+                }
+                Ok(_) => {
+                    if let Err(e) = row_result {
+                        let _ = write!(stdout, "error: {e}");
+                    }
+                    let _ = writeln!(stdout);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        _ => {}
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let failed = rows.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} rows failed (see their lines)", rows.len());
+    }
+    Ok(())
+}
+
+fn ablate(a: AblateArgs) -> anyhow::Result<()> {
+    let (req, captioner) = one_query(&a.caption, "ablate")?;
+    let cancel = AtomicBool::new(false);
+    let ids = match &a.text {
+        Some(t) => captioner.tokenizer.encode_plain(t)?,
+        None => captioner.caption(&req, &cancel, |_| {})?.generated.tokens,
+    };
+    if ids.is_empty() {
+        anyhow::bail!("the caption to explain is empty");
+    }
+    let caption = captioner.tokenizer.decode(&ids)?;
+    let ab = captioner.ablate(&req, &ids, &cancel, |_, _| {})?;
+    let examples: Vec<serde_json::Value> = req
+        .shots
+        .iter()
+        .zip(ab.without.iter().zip(ab.effects()))
+        .enumerate()
+        .map(|(i, (shot, (without, effect)))| {
+            serde_json::json!({
+                "index": i, "image": shot.image.name(), "text": shot.text,
+                "logprob_without": without, "effect": effect,
+            })
+        })
+        .collect();
+    let reversed = ab
+        .reversed
+        .map(|r| serde_json::json!({"logprob": r, "effect": ab.logprob - r}));
+    if a.caption.json {
+        let obj = serde_json::json!({
+            "model": captioner.model_id, "caption": caption, "token_ids": ids,
+            "logprob": ab.logprob, "examples": examples, "reversed": reversed,
+        });
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(());
+    }
+    println!("caption: {caption}");
+    println!("log p(caption) with all examples: {:.4}", ab.logprob);
+    println!("effect = log p with all − log p without it (positive: the example helped)");
+    for (i, (shot, effect)) in req.shots.iter().zip(ab.effects()).enumerate() {
+        println!("{:>3}. {:>+9.4}  {}", i + 1, effect, shot.image.name());
+    }
+    if let Some(r) = ab.reversed {
+        println!("reversed order: {:+.4}", ab.logprob - r);
     }
     Ok(())
 }

@@ -69,14 +69,21 @@ pub fn logprobs(logits: &[f32], chosen: u32, k: usize) -> (f32, Vec<(u32, f32)>)
     let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
     let lse = max as f64 + sum.ln();
     let lp = |x: f32| (x as f64 - lse) as f32;
-    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&x| lp(x));
+    let chosen_lp = logits
+        .get(chosen as usize)
+        .map_or(f32::NEG_INFINITY, |&x| lp(x));
     if k == 0 {
         return (chosen_lp, Vec::new());
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
-    idx.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-    let mut top: Vec<(u32, f32)> = idx[..k].iter().map(|&i| (i, lp(logits[i as usize]))).collect();
+    idx.select_nth_unstable_by(k - 1, |a, b| {
+        logits[*b as usize].total_cmp(&logits[*a as usize])
+    });
+    let mut top: Vec<(u32, f32)> = idx[..k]
+        .iter()
+        .map(|&i| (i, lp(logits[i as usize])))
+        .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     (chosen_lp, top)
 }

@@ -5,6 +5,7 @@
 //! state. The CLI and the engine thread both use this.
 
 mod caches;
+pub mod icl;
 pub mod request;
 
 use std::path::Path;
@@ -309,10 +310,11 @@ impl Captioner {
         prompt_ids.split_at(split)
     }
 
-    /// The state after the prompt prefix with the examples' images: cached when the same
-    /// prefix tokens and images were run last, else run now and kept. `stop` is asked before
-    /// each layer of that run; when it says so, nothing is kept and the result is
-    /// [`Error::Cancelled`].
+    /// The state after the prompt prefix with the examples' images: kept from an earlier
+    /// request with the same prefix and images, or run on from the longest kept state this
+    /// prefix starts with (only the examples after it run), or run whole; kept either way.
+    /// `stop` is asked before each layer of that run; when it says so, nothing is kept and
+    /// the result is [`Error::Cancelled`].
     fn prefix_state(
         &self,
         caches: &mut PromptCaches,
@@ -322,12 +324,22 @@ impl Captioner {
         mode: MediaAttention,
         stop: &dyn Fn() -> bool,
     ) -> Result<crate::model::SessionState> {
-        if let Some(st) = caches.prefix(prefix, keys, mode) {
-            return Ok(st);
-        }
-        let media = Tensor::cat(latents, 0)?.unsqueeze(0)?;
-        let mut s = self.model.session_in(&media, mode)?;
-        s.forward_or_stop(&[prefix.to_vec()], stop)?;
+        let start = caches.longest_prefix(prefix, keys, mode, self.tokenizer.media_id);
+        let (mut s, done) = match start {
+            Some(st) if st.tokens == prefix.len() => return Ok(st.state),
+            Some(st) => {
+                let mut s = self.model.resume(st.state);
+                if st.images < latents.len() {
+                    s.add_images(&Tensor::cat(&latents[st.images..], 0)?.unsqueeze(0)?)?;
+                }
+                (s, st.tokens)
+            }
+            None => {
+                let media = Tensor::cat(latents, 0)?.unsqueeze(0)?;
+                (self.model.session_in(&media, mode)?, 0)
+            }
+        };
+        s.forward_or_stop(&[prefix[done..].to_vec()], stop)?;
         let st = s.state();
         caches.keep_prefix(prefix, keys, mode, st.clone());
         Ok(st)
@@ -466,19 +478,29 @@ impl Captioner {
         candidates: &[String],
         cancel: &AtomicBool,
     ) -> Result<Vec<(String, CandidateScore)>> {
-        let prompt_ids = self.checked_prompt(req)?.1;
         let ids = candidates
             .iter()
             .map(|c| self.tokenizer.encode_plain(c))
             .collect::<Result<Vec<_>>>()?;
-        check_fits(self.model.max_seq_len(), prompt_ids.len(), &ids)?;
-        let (session, logits) =
-            self.prompt_state(req, &prompt_ids, cancel, &mut Timings::default())?;
-        let scores = score_after(&session, &logits, &ids, cancel)?;
+        let scores = self.score_ids(req, &ids, cancel)?;
         let mut ranked: Vec<(String, CandidateScore)> =
             candidates.iter().cloned().zip(scores).collect();
         ranked.sort_by(|a, b| b.1.logprob.total_cmp(&a.1.logprob));
         Ok(ranked)
+    }
+
+    /// log p(candidate | prompt) of token-id candidates, in their order.
+    pub fn score_ids(
+        &self,
+        req: &CaptionRequest,
+        candidates: &[Vec<u32>],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<CandidateScore>> {
+        let prompt_ids = self.checked_prompt(req)?.1;
+        check_fits(self.model.max_seq_len(), prompt_ids.len(), candidates)?;
+        let (session, logits) =
+            self.prompt_state(req, &prompt_ids, cancel, &mut Timings::default())?;
+        score_after(&session, &logits, candidates, cancel)
     }
 
     fn options(&self, req: &CaptionRequest) -> GenerateOptions {

@@ -333,6 +333,24 @@ impl TextTokenizer {
         }
     }
 
+    /// Each token's piece of the decoded text: what the text grows by when the token is added
+    /// (empty for a special token), so that a view can shade token by token.
+    pub fn token_texts(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut before = String::new();
+        for i in 0..ids.len() {
+            let now = self.decode(&ids[..=i])?;
+            let piece = match now.strip_prefix(before.as_str()) {
+                Some(p) => p.to_string(),
+                // The clean-up joined this token to the text before: show it alone.
+                None => self.decode(&ids[i..=i])?,
+            };
+            out.push(piece);
+            before = now;
+        }
+        Ok(out)
+    }
+
     /// Incremental decoder: feed ids one by one and get text chunks that concatenate to
     /// [`Self::decode`] of all of them.
     pub fn stream(&self) -> TextStream<'_> {
