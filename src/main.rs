@@ -4,6 +4,7 @@ use clap::Parser;
 /// compute threads, the software rasterizer's threads), then the command.
 fn main() -> std::process::ExitCode {
     flamingo::platform::tune_allocator();
+    flamingo::platform::quiet_broken_pipe();
     let cli = flamingo::cli::Cli::parse();
     let threads = if cli.is_app() {
         // The app's own setting, else every core but one (left to the window).

@@ -35,6 +35,17 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
 }
 
+/// A command whose output is piped into a program that stops reading (`| head`) ends quietly,
+/// as command-line tools do, instead of failing on the write. Call first thing in `main`.
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts; no
+    // handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Keeps the buffers of a forward pass (up to 16 MiB each: an image's 257 x 4096 activations
 /// are 4 MiB) in the heap once freed, for the next ones to reuse. glibc's default maps any
 /// allocation above a threshold that starts at 128 KiB afresh and unmaps it when freed, so

@@ -537,3 +537,207 @@ fn a_missing_model_downloads_with_progress_and_cancel() {
     )
     .is_ok());
 }
+
+/// The pipeline's own caption of `req` (the tiny model, f32, no caches): what the app's views
+/// must show.
+fn caption_of(req: &flamingo::pipeline::CaptionRequest) -> String {
+    let c = flamingo::pipeline::Captioner::load_from(
+        &hub("hf"),
+        flamingo::hub::DEFAULT_MODEL,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    c.caption(req, &std::sync::atomic::AtomicBool::new(false), |_| {})
+        .unwrap()
+        .raw_text
+}
+
+#[test]
+fn a_shot_sweep_shows_a_column_per_count_and_stop_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 6;
+    h.state_mut().ws.sweep.counts = "0,1,2".into();
+    h.get_by_label_contains("Shot sweep").click();
+    h.run();
+    h.get_by_label("Run sweep").click();
+    wait_until(&mut h, "the sweep", |a| {
+        a.status.sweep.state == RunState::Done
+    });
+    let req = h.state().build_request().unwrap();
+    let rows = h.state().status.sweep.rows.clone();
+    assert_eq!(rows.len(), 3);
+    for (r, n) in rows.iter().zip([0, 1, 2]) {
+        assert_eq!(r.shots, n);
+        let want = caption_of(&flamingo::pipeline::icl::with_examples(
+            &req,
+            &(0..n).collect::<Vec<_>>(),
+        ));
+        assert_eq!(r.caption.as_ref().unwrap().raw_text, want, "{n} shots");
+    }
+    for label in ["0 shots", "1 shot", "2 shots"] {
+        assert!(h.query_by_label(label).is_some(), "a column headed {label}");
+    }
+    h.snapshot("shot_sweep");
+
+    // Stop while the first row decodes: the sweep ends there.
+    h.state_mut().settings.max_new_tokens = 1900;
+    h.get_by_label("Run sweep").click();
+    wait_until(&mut h, "the first row", |a| {
+        a.status.sweep.rows.iter().any(|r| !r.raw.is_empty())
+    });
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "the stop", |a| {
+        a.status.sweep.state != RunState::Running
+    });
+    assert_eq!(h.state().status.sweep.state, RunState::Stopped);
+    assert!(h
+        .state()
+        .status
+        .sweep
+        .rows
+        .iter()
+        .all(|r| r.caption.is_none()));
+    assert!(!h.state().is_running());
+}
+
+#[test]
+fn tokens_show_their_alternatives_and_a_click_branches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.ctx.all_styles_mut(|s| {
+        s.interaction.tooltip_delay = 0.0;
+        s.interaction.show_tooltips_only_when_still = false;
+    });
+    h.state_mut().settings.max_new_tokens = 6;
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    let caption = h.state().status.output.caption.clone().unwrap();
+    assert_eq!(caption.tokens.len(), 6);
+    let second = &caption.tokens[1];
+    assert_eq!(second.alternatives.len(), 5);
+    // Hover the second token: its five alternatives with their probabilities.
+    h.get_all_by_label(&second.text).nth(1).unwrap().hover();
+    h.run();
+    h.step();
+    let head = format!("{:?}: p = {:.3}", second.text, second.logprob.exp());
+    assert!(
+        h.query_by_label(&head).is_some(),
+        "the tooltip heads {head}"
+    );
+    for (_, text, lp) in &second.alternatives {
+        let shown = |l: &str| h.query_all_by_label(l).next().is_some();
+        assert!(shown(&format!("{text:?}")), "{text:?}");
+        assert!(shown(&format!("{:.3}", lp.exp())));
+    }
+    h.snapshot("token_alternatives");
+
+    // Click it, then its third alternative: the caption continues from there.
+    h.get_all_by_label(&second.text).nth(1).unwrap().click();
+    h.run();
+    let (alt, alt_text, alt_lp) = second.alternatives[2].clone();
+    h.get_by_label(&format!("{alt_text:?} {:.2}", alt_lp.exp()))
+        .click();
+    h.step();
+    wait_until(&mut h, "the branch", |a| {
+        a.status.output.state == RunState::Done && a.status.output.caption.is_some()
+    });
+    let branch = h.state().status.output.caption.clone().unwrap();
+    assert_eq!(branch.tokens[0].id, caption.tokens[0].id);
+    assert_eq!(branch.tokens[1].id, alt);
+    h.get_by_label("Back to the original").click();
+    h.step();
+    assert_eq!(h.state().status.output.caption.as_ref(), Some(&caption));
+}
+
+#[test]
+fn a_variant_column_generates_its_own_text_and_is_kept_in_the_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 6;
+    let a_req = h.state().build_request().unwrap();
+    h.get_by_label("Duplicate as variant").click();
+    h.run();
+    // Edit B: the panels show it; its first example's caption changes and its last goes.
+    h.get_by_label("Edit B").click();
+    h.run();
+    assert!(h.state().editing_variant);
+    h.state_mut().ws.examples[0].text.caption = "A rocket on a launch pad.".into();
+    h.state_mut().ws.examples[2].enabled = false;
+    h.state_mut().mark_dirty();
+    let b_req = h.state().build_request().unwrap();
+    h.get_by_label("Generate both").click();
+    wait_until(&mut h, "both captions", |a| {
+        !a.is_running()
+            && a.status.output.caption.is_some()
+            && a.status.variant_output.caption.is_some()
+    });
+    // The panels show B: its output is `output`, A's is beside it.
+    let s = &h.state().status;
+    assert_eq!(s.output.raw, caption_of(&b_req));
+    assert_eq!(s.variant_output.raw, caption_of(&a_req));
+    assert!(h.query_by_label("A: working set").is_some());
+    h.snapshot("variant_columns");
+
+    // Saved with the set: reopened, the variant and the sweep settings come back.
+    h.state_mut().ws.sweep.counts = "0,2".into();
+    h.state_mut().save_working_set_now().unwrap();
+    let mut h2 = harness(dir.path());
+    ready(&mut h2);
+    let ws = &h2.state().ws;
+    assert!(!h2.state().editing_variant);
+    assert_eq!(ws.examples[0].text.caption, a_req.shots[0].text.caption);
+    let v = ws.variant.as_ref().expect("the variant came back");
+    assert_eq!(v.examples[0].text.caption, "A rocket on a launch pad.");
+    assert!(!v.examples[2].enabled);
+    assert_eq!(v.sweep.counts, "0,2", "B's sweep settings");
+
+    // Keep B: it becomes the working set.
+    h.get_all_by_label("Keep this one").nth(1).unwrap().click();
+    h.step();
+    assert!(h.state().ws.variant.is_none() && !h.state().editing_variant);
+    assert_eq!(
+        h.state().ws.examples[0].text.caption,
+        "A rocket on a launch pad."
+    );
+}
+
+#[test]
+fn what_each_example_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 6;
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    h.get_by_label("What did each example do?").click();
+    h.run();
+    h.get_by_label("Explain the caption").click();
+    wait_until(&mut h, "the ablation", |a| {
+        a.status.ablation.state == RunState::Done
+    });
+    let ab = h.state().status.ablation.result.clone().unwrap();
+    assert_eq!(ab.without.len(), 3);
+    assert!(ab.reversed.is_some());
+    assert!(
+        (ab.logprob - h.state().status.output.caption.as_ref().unwrap().logprob()).abs() < 1e-3
+    );
+    h.snapshot("ablation");
+    // Compare without the first example: the variant column captions the set without it.
+    h.get_all_by_label("Compare without it")
+        .next()
+        .unwrap()
+        .click();
+    wait_until(&mut h, "the caption without it", |a| {
+        !a.is_running() && a.status.variant_output.caption.is_some()
+    });
+    let v = h.state().ws.variant.as_ref().unwrap();
+    assert!(!v.examples[0].enabled && v.examples[1].enabled);
+}

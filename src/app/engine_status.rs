@@ -1,7 +1,7 @@
 //! What the engine has reported, folded into plain state for the panels: the model's state,
 //! the download, the running job's output, the last ranking and what was prepared ahead.
 
-use crate::engine::{Event, JobId, ModelInfo, Prepared, Timings, TokenCounter};
+use crate::engine::{Ablation, Caption, Event, JobId, ModelInfo, Prepared, Timings, TokenCounter};
 use crate::text::prompt::Task;
 
 use super::download_view::DownloadView;
@@ -34,6 +34,11 @@ pub struct Output {
     pub first_token_s: Option<f64>,
     pub last_token_s: Option<f64>,
     pub timings: Option<Timings>,
+    /// The finished caption, token by token.
+    pub caption: Option<Caption>,
+    /// When this caption is a branch: the caption it branched from (one click brings it
+    /// back) and the step where the chosen alternative was forced.
+    pub branched_from: Option<(Caption, usize)>,
 }
 
 impl Default for Output {
@@ -48,6 +53,86 @@ impl Default for Output {
             first_token_s: None,
             last_token_s: None,
             timings: None,
+            caption: None,
+            branched_from: None,
+        }
+    }
+}
+
+impl Output {
+    fn running(job: JobId) -> Self {
+        Self {
+            job: Some(job),
+            state: RunState::Running,
+            ..Default::default()
+        }
+    }
+
+    /// Shows `caption` as this output's finished result.
+    pub fn show(&mut self, caption: Caption) {
+        self.raw = caption.raw_text.clone();
+        self.answer = caption.text.clone();
+        self.tokens = caption.tokens.len();
+        self.timings = Some(caption.timings.clone());
+        self.caption = Some(caption);
+    }
+}
+
+/// One row of a shot sweep as the app shows it.
+#[derive(Clone, Debug, Default)]
+pub struct SweepRowView {
+    pub shots: usize,
+    /// The examples used (indices among the enabled ones), once the row started.
+    pub examples: Vec<usize>,
+    /// Streamed text until the row finishes.
+    pub raw: String,
+    pub caption: Option<Caption>,
+    pub seconds: Option<f64>,
+    pub error: Option<String>,
+    pub started: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepView {
+    pub job: Option<JobId>,
+    pub state: RunState,
+    pub rows: Vec<SweepRowView>,
+    /// The example names of the set it ran on, by enabled index.
+    pub example_names: Vec<String>,
+}
+
+impl Default for SweepView {
+    fn default() -> Self {
+        Self {
+            job: None,
+            state: RunState::Idle,
+            rows: Vec::new(),
+            example_names: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AblationView {
+    pub job: Option<JobId>,
+    pub state: RunState,
+    pub progress: (usize, usize),
+    /// The caption explained.
+    pub caption: String,
+    /// The examples it ran with: (id in the working set, name).
+    pub examples: Vec<(u64, String)>,
+    pub result: Option<Ablation>,
+}
+
+impl Default for AblationView {
+    fn default() -> Self {
+        Self {
+            job: None,
+            state: RunState::Idle,
+            progress: (0, 0),
+            caption: String::new(),
+            examples: Vec::new(),
+            result: None,
         }
     }
 }
@@ -61,6 +146,10 @@ pub struct EngineStatus {
     /// much free) waits for a click.
     pub download_needed: Option<(f64, Option<u64>)>,
     pub output: Output,
+    /// The variant set's output (compare prompts), beside `output`.
+    pub variant_output: Output,
+    pub sweep: SweepView,
+    pub ablation: AblationView,
     /// The last ranking of candidates, best first: (text, summed log-probability).
     pub ranked: Vec<(String, f32)>,
     /// What the last preparation did (status bar).
@@ -76,6 +165,9 @@ impl Default for EngineStatus {
             download: None,
             download_needed: None,
             output: Output::default(),
+            variant_output: Output::default(),
+            sweep: SweepView::default(),
+            ablation: AblationView::default(),
             ranked: Vec::new(),
             prepared: None,
             count_tokens: None,
@@ -95,16 +187,71 @@ pub enum Notice {
 
 impl EngineStatus {
     pub fn is_running(&self) -> bool {
-        self.output.state == RunState::Running
+        [
+            &self.output.state,
+            &self.variant_output.state,
+            &self.sweep.state,
+            &self.ablation.state,
+        ]
+        .contains(&&RunState::Running)
     }
 
     /// A new job started: its output replaces the last one.
     pub fn job_started(&mut self, job: JobId) {
-        self.output = Output {
+        self.output = Output::running(job);
+    }
+
+    /// A generation for the variant set started.
+    pub fn variant_job_started(&mut self, job: JobId) {
+        self.variant_output = Output::running(job);
+    }
+
+    /// A shot sweep started with these counts over the named examples.
+    pub fn sweep_started(&mut self, job: JobId, counts: &[usize], example_names: Vec<String>) {
+        self.sweep = SweepView {
             job: Some(job),
             state: RunState::Running,
+            rows: counts
+                .iter()
+                .map(|&shots| SweepRowView {
+                    shots,
+                    ..Default::default()
+                })
+                .collect(),
+            example_names,
+        };
+    }
+
+    pub fn ablation_started(&mut self, job: JobId, caption: String, examples: Vec<(u64, String)>) {
+        self.ablation = AblationView {
+            job: Some(job),
+            state: RunState::Running,
+            caption,
+            examples,
             ..Default::default()
         };
+    }
+
+    /// The output a generation job writes to (the working set's or the variant's).
+    fn output_of(&mut self, job: JobId) -> Option<&mut Output> {
+        if self.output.job == Some(job) {
+            Some(&mut self.output)
+        } else if self.variant_output.job == Some(job) {
+            Some(&mut self.variant_output)
+        } else {
+            None
+        }
+    }
+
+    /// The run state of whichever view job `job` belongs to.
+    fn state_of(&mut self, job: JobId) -> Option<&mut RunState> {
+        if self.sweep.job == Some(job) {
+            Some(&mut self.sweep.state)
+        } else if self.ablation.job == Some(job) {
+            Some(&mut self.ablation.state)
+        } else {
+            self.output_of(job).map(|o| &mut o.state)
+        }
     }
 
     /// Folds one event in (`task`: the working set's, for post-processing streamed text).
@@ -134,47 +281,85 @@ impl EngineStatus {
                 self.download = None;
                 self.model = ModelState::Failed { model_id, error };
             }
-            Event::Started { job, prompt_tokens } if mine(job, &self.output) => {
-                self.output.prompt_tokens = prompt_tokens;
+            Event::Started { job, prompt_tokens } => {
+                if let Some(o) = self.output_of(job) {
+                    o.prompt_tokens = prompt_tokens;
+                }
             }
             Event::Token {
                 job,
                 text,
                 n_tokens,
                 since_start_s,
-            } if mine(job, &self.output) => {
-                self.output.raw.push_str(&text);
-                self.output.answer = crate::text::prompt::answer(task, &self.output.raw);
-                self.output.tokens = n_tokens;
-                self.output.first_token_s.get_or_insert(since_start_s);
-                self.output.last_token_s = Some(since_start_s);
+            } => {
+                if let Some(o) = self.output_of(job) {
+                    o.raw.push_str(&text);
+                    o.answer = crate::text::prompt::answer(task, &o.raw);
+                    o.tokens = n_tokens;
+                    o.first_token_s.get_or_insert(since_start_s);
+                    o.last_token_s = Some(since_start_s);
+                }
             }
-            Event::Finished {
-                job,
-                raw_text,
-                text,
-                timings,
-                tokens,
-            } if mine(job, &self.output) => {
-                self.output.raw = raw_text;
-                self.output.answer = text;
-                self.output.tokens = tokens;
-                self.output.timings = Some(timings);
-                self.output.state = RunState::Done;
-                return Some(Notice::Ended("done", tokens));
+            Event::Finished { job, caption } => {
+                if let Some(o) = self.output_of(job) {
+                    let n = caption.tokens.len();
+                    o.show(caption);
+                    o.state = RunState::Done;
+                    return Some(Notice::Ended("done", n));
+                }
+            }
+            Event::SweepRowStarted { job, row, examples } if self.sweep.job == Some(job) => {
+                if let Some(r) = self.sweep.rows.get_mut(row) {
+                    r.started = true;
+                    r.examples = examples;
+                }
+            }
+            Event::SweepText { job, row, text } if self.sweep.job == Some(job) => {
+                if let Some(r) = self.sweep.rows.get_mut(row) {
+                    r.raw.push_str(&text);
+                }
+            }
+            Event::SweepRowFinished { job, row, result } if self.sweep.job == Some(job) => {
+                if let Some(r) = self.sweep.rows.get_mut(row) {
+                    match result {
+                        Ok((caption, seconds)) => {
+                            r.raw = caption.raw_text.clone();
+                            r.caption = Some(caption);
+                            r.seconds = Some(seconds);
+                        }
+                        Err(e) => r.error = Some(e),
+                    }
+                }
+            }
+            Event::SweepFinished { job } if self.sweep.job == Some(job) => {
+                self.sweep.state = RunState::Done;
+                let n = self.sweep.rows.len();
+                return Some(Notice::Ended("done", n));
+            }
+            Event::AblateProgress { job, done, total } if self.ablation.job == Some(job) => {
+                self.ablation.progress = (done, total);
+            }
+            Event::Ablated { job, ablation } if self.ablation.job == Some(job) => {
+                self.ablation.result = Some(ablation);
+                self.ablation.state = RunState::Done;
             }
             Event::Prepared(p) => self.prepared = Some(p),
             Event::Scored { job, ranked } if mine(job, &self.output) => {
                 self.ranked = ranked;
                 self.output.state = RunState::Done;
             }
-            Event::Cancelled { job } if mine(job, &self.output) => {
-                self.output.state = RunState::Stopped;
-                return Some(Notice::Ended("stopped", self.output.tokens));
+            Event::Cancelled { job } => {
+                let tokens = self.output_of(job).map(|o| o.tokens).unwrap_or(0);
+                if let Some(st) = self.state_of(job) {
+                    *st = RunState::Stopped;
+                    return Some(Notice::Ended("stopped", tokens));
+                }
             }
-            Event::Failed { job, error } if mine(job, &self.output) => {
-                self.output.state = RunState::Failed(error.clone());
-                return Some(Notice::Failed(error));
+            Event::Failed { job, error } => {
+                if let Some(st) = self.state_of(job) {
+                    *st = RunState::Failed(error.clone());
+                    return Some(Notice::Failed(error));
+                }
             }
             _ => {}
         }

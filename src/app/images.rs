@@ -31,8 +31,17 @@ impl Source {
 /// Where a loaded image goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
-    Example { text: ShotText, enabled: bool },
+    Example {
+        text: ShotText,
+        enabled: bool,
+    },
     Query,
+    /// The variant set's (a prompt set that holds one).
+    VariantExample {
+        text: ShotText,
+        enabled: bool,
+    },
+    VariantQuery,
 }
 
 pub struct Job {

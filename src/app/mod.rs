@@ -8,11 +8,13 @@
 //! Rooms: `reducer` (commands, requests, events), `persistence` (working set and settings on
 //! disk), `input` (drops, paste, dialogs), `engine_status`, `download_view`, `diagnostics`
 //! (frame times), `state` (the working set and the prompt-set file), `images` (the image
-//! thread), `ui` (the panels).
+//! thread), `ui` (the panels), `icl_view` (the caption token by token, the variant beside it,
+//! the shot sweep, what each example did).
 
 mod diagnostics;
 mod download_view;
 mod engine_status;
+mod icl_view;
 pub mod images;
 mod input;
 pub mod persistence;
@@ -93,6 +95,10 @@ pub struct FlamingoApp {
     drop_rects: [egui::Rect; 2],
     ctx: egui::Context,
     pub(crate) stable_for_snapshots: bool,
+    /// The panels show the variant (set B) and `ws` is it; the working set (A) is inside it.
+    pub editing_variant: bool,
+    /// The output token whose alternatives are shown (to branch from).
+    pub selected_token: Option<usize>,
 }
 
 impl FlamingoApp {
@@ -148,6 +154,8 @@ impl FlamingoApp {
             drop_rects: [egui::Rect::NOTHING; 2],
             ctx,
             stable_for_snapshots: opts.stable_for_snapshots,
+            editing_variant: false,
+            selected_token: None,
         };
         app.restore_working_set();
         if opts.autoload {

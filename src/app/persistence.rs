@@ -72,22 +72,62 @@ impl FlamingoApp {
 
     pub(super) fn install_set(&mut self, set: state::LoadedSet) {
         self.ws = WorkingSet::new();
-        self.ws.task = set.task;
-        self.ws.question = set.question;
-        self.ws.caption_templates = set.caption_templates;
-        self.ws.vqa_templates = set.vqa_templates;
+        self.editing_variant = false;
+        self.status.variant_output = Default::default();
+        let variant = self.submit_set(set, false);
+        if let Some(v) = variant {
+            let _ = self.submit_set(*v, true);
+        }
+    }
+
+    /// Puts a loaded set's fields into the working set (or its variant) and its images on
+    /// the image thread; returns the set's own variant.
+    fn submit_set(
+        &mut self,
+        set: state::LoadedSet,
+        as_variant: bool,
+    ) -> Option<Box<state::LoadedSet>> {
+        let ws = if as_variant {
+            self.ws.variant.get_or_insert_with(Default::default)
+        } else {
+            &mut self.ws
+        };
+        ws.task = set.task;
+        ws.question = set.question;
+        ws.caption_templates = set.caption_templates;
+        ws.vqa_templates = set.vqa_templates;
+        ws.sweep = set.sweep;
         for (name, bytes, text, enabled) in set.examples {
             self.loading_images += 1;
-            self.loader.submit(
-                Source::Bytes { name, bytes },
-                Target::Example { text, enabled },
-            );
+            let target = if as_variant {
+                Target::VariantExample { text, enabled }
+            } else {
+                Target::Example { text, enabled }
+            };
+            self.loader.submit(Source::Bytes { name, bytes }, target);
         }
         if let Some((name, bytes)) = set.query {
             self.loading_images += 1;
-            self.loader
-                .submit(Source::Bytes { name, bytes }, Target::Query);
+            let target = if as_variant {
+                Target::VariantQuery
+            } else {
+                Target::Query
+            };
+            self.loader.submit(Source::Bytes { name, bytes }, target);
         }
+        set.variant
+    }
+
+    /// The working set as it is saved: the working set outermost, its variant inside
+    /// (whichever of them the panels show now).
+    pub(super) fn set_to_save(&self) -> WorkingSet {
+        let mut a = self.set_a().clone();
+        if self.editing_variant {
+            let mut b = self.ws.clone();
+            b.variant = None;
+            a.variant = Some(Box::new(b));
+        }
+        a
     }
 
     pub(super) fn remember_recent(&mut self, path: PathBuf) {
@@ -107,7 +147,7 @@ impl FlamingoApp {
         let Some(path) = self.working_set_path() else {
             return;
         };
-        let ws = self.ws.clone();
+        let ws = self.set_to_save();
         let _ = std::thread::Builder::new()
             .name("flamingo-autosave".into())
             .spawn(move || {
@@ -122,7 +162,7 @@ impl FlamingoApp {
     pub fn save_working_set_now(&mut self) -> std::io::Result<()> {
         self.dirty_since = None;
         match self.working_set_path() {
-            Some(p) => state::write_atomic(&p, state::set_to_json(&self.ws).as_bytes()),
+            Some(p) => state::write_atomic(&p, state::set_to_json(&self.set_to_save()).as_bytes()),
             None => Ok(()),
         }
     }

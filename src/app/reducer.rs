@@ -38,6 +38,30 @@ pub enum Command {
     /// A named prompt style (`mmpretrain`, `open_flamingo`) for the current task.
     ApplyPreset(String),
     Generate,
+    /// Caption the query with 0, 1, 2, … of the enabled examples, side by side.
+    RunSweep,
+    /// Rescore the current caption with each example left out and with them reversed.
+    Ablate,
+    /// Continue the current caption from its token `step` replaced by `token` (an
+    /// alternative); the caption it came from stays one click away.
+    Branch {
+        step: usize,
+        token: u32,
+    },
+    /// Back to the caption the current branch came from.
+    RestoreOriginal,
+    /// Compare with the same set without this example (the variant column).
+    GenerateWithout(u64),
+    /// Duplicate the working set into a variant to change and compare.
+    MakeVariant,
+    /// Edit the variant (true) or the working set (false) in the panels.
+    EditVariant(bool),
+    /// Keep one set (the variant when true) as the working set; the other goes.
+    KeepSet {
+        variant: bool,
+    },
+    /// Generate the working set and the variant, one after the other.
+    GenerateBoth,
     /// Rank the candidate texts (one per line) for the query.
     Score,
     Stop,
@@ -110,6 +134,47 @@ impl FlamingoApp {
                 }
             }
             Command::Generate => self.generate(),
+            Command::RunSweep => self.run_sweep(),
+            Command::Ablate => self.ablate(),
+            Command::Branch { step, token } => self.branch(step, token),
+            Command::RestoreOriginal => {
+                if let Some((original, _)) = self.status.output.branched_from.take() {
+                    self.status.output.show(original);
+                }
+            }
+            Command::GenerateWithout(id) => {
+                let mut v = self.set_a().clone();
+                v.variant = None;
+                for e in v.examples.iter_mut().filter(|e| e.id == id) {
+                    e.enabled = false;
+                }
+                self.install_variant(v);
+                self.generate_set(true);
+            }
+            Command::MakeVariant => {
+                let mut v = self.set_a().clone();
+                v.variant = None;
+                self.install_variant(v);
+            }
+            Command::EditVariant(on) => {
+                if on != self.editing_variant && self.ws.variant.is_some() {
+                    self.swap_sets();
+                }
+            }
+            Command::KeepSet { variant } => {
+                if variant != self.editing_variant {
+                    self.swap_sets();
+                }
+                // The set kept is now `ws`; its output is the main one.
+                self.ws.variant = None;
+                self.editing_variant = false;
+                self.status.variant_output = Default::default();
+                self.mark_dirty();
+            }
+            Command::GenerateBoth => {
+                self.generate_set(false);
+                self.generate_set(true);
+            }
             Command::Score => self.score(),
             Command::Stop | Command::CancelDownload => self.engine.cancel(),
             Command::LoadModel(id) => {
@@ -135,7 +200,9 @@ impl FlamingoApp {
             }
             Command::NewSet => {
                 self.ws = WorkingSet::new();
+                self.editing_variant = false;
                 self.status.output = Output::default();
+                self.status.variant_output = Output::default();
                 self.mark_dirty();
             }
             Command::PickImages(to) => {
@@ -184,7 +251,7 @@ impl FlamingoApp {
                 Err(e) => self.error(format!("Cannot open {}: {e}", path.display())),
             },
             Command::SaveSet(path) => {
-                let json = state::set_to_json(&self.ws);
+                let json = state::set_to_json(&self.set_to_save());
                 match state::write_atomic(&path, json.as_bytes()) {
                     Ok(()) => {
                         self.info(format!("Saved {}", path.display()));
@@ -215,11 +282,15 @@ impl FlamingoApp {
 
     /// The working set as a request with `query` as its query image.
     fn request_with(&self, query: ImageInput) -> CaptionRequest {
+        self.request_of(&self.ws, query)
+    }
+
+    /// `ws` as a request with `query` as its query image.
+    fn request_of(&self, ws: &WorkingSet, query: ImageInput) -> CaptionRequest {
         let img = image_input;
         CaptionRequest {
-            task: self.ws.task,
-            shots: self
-                .ws
+            task: ws.task,
+            shots: ws
                 .examples
                 .iter()
                 .filter(|e| e.enabled)
@@ -229,15 +300,15 @@ impl FlamingoApp {
                 })
                 .collect(),
             query,
-            question: self.ws.question.clone(),
-            templates: self.ws.templates().clone(),
+            question: ws.question.clone(),
+            templates: ws.templates().clone(),
             generation: crate::engine::GenerationConfig {
                 max_new_tokens: self.settings.max_new_tokens,
                 ..self.settings.generation.clone()
             },
             keep_logits: false,
             media_attention: self.settings.media_attention,
-            top_logprobs: 0,
+            top_logprobs: crate::engine::ALTERNATIVES,
             forced: Vec::new(),
         }
     }
@@ -296,6 +367,144 @@ impl FlamingoApp {
             let job = self.engine.generate(req);
             self.job_started(job);
         }
+    }
+
+    /// The working set (A), wherever it is while the variant is edited.
+    pub fn set_a(&self) -> &WorkingSet {
+        match (&self.ws.variant, self.editing_variant) {
+            (Some(a), true) => a,
+            _ => &self.ws,
+        }
+    }
+
+    /// Set B (the variant, made empty when there is none) when `variant`, else set A,
+    /// wherever each is while the panels show one of them (a prompt set's variant images
+    /// arrive here).
+    fn set_mut(&mut self, variant: bool) -> &mut WorkingSet {
+        if variant == self.editing_variant {
+            &mut self.ws
+        } else {
+            self.ws.variant.get_or_insert_with(Default::default)
+        }
+    }
+
+    /// Makes `v` the variant (B), keeping the working set in the panels.
+    fn install_variant(&mut self, v: WorkingSet) {
+        if self.editing_variant {
+            self.swap_sets();
+        }
+        self.ws.variant = Some(Box::new(v));
+        self.status.variant_output = Output::default();
+        self.mark_dirty();
+    }
+
+    /// The panels switch between the working set and the variant (and so do the outputs).
+    fn swap_sets(&mut self) {
+        let Some(mut other) = self.ws.variant.take() else {
+            return;
+        };
+        std::mem::swap(&mut self.ws, &mut other);
+        self.ws.variant = Some(other);
+        std::mem::swap(&mut self.status.output, &mut self.status.variant_output);
+        self.editing_variant = !self.editing_variant;
+        self.mark_dirty();
+    }
+
+    /// Generates set B (the variant) when `variant`, else set A, into its column. A set
+    /// without a query image uses the other's.
+    fn generate_set(&mut self, variant: bool) {
+        if !matches!(self.status.model, ModelState::Ready(_)) {
+            self.error("The model is not loaded yet (see Model at the top).".into());
+            return;
+        }
+        // `ws` is the set in the panels; its output is `output`.
+        let in_panels = variant == self.editing_variant;
+        let (set, other) = match (&self.ws.variant, in_panels) {
+            (Some(v), false) => (&**v, &self.ws),
+            (Some(v), true) => (&self.ws, &**v),
+            (None, _) => (&self.ws, &self.ws),
+        };
+        if !in_panels && self.ws.variant.is_none() {
+            return;
+        }
+        let Some(query) = set.query.as_ref().or(other.query.as_ref()) else {
+            self.error("Drop a query image first.".into());
+            return;
+        };
+        let req = self.request_of(set, image_input(query));
+        let job = self.engine.generate(req);
+        if in_panels {
+            self.job_started(job);
+        } else {
+            self.status.variant_job_started(job);
+        }
+    }
+
+    fn run_sweep(&mut self) {
+        let n = self.ws.examples.iter().filter(|e| e.enabled).count();
+        let counts = match self.ws.sweep.counts_for(n) {
+            Ok(c) => c,
+            Err(e) => return self.error(format!("Shot sweep: {e}")),
+        };
+        if let Some(req) = self.request_for_job() {
+            let names = self
+                .ws
+                .examples
+                .iter()
+                .filter(|e| e.enabled)
+                .map(|e| e.image.name.clone())
+                .collect();
+            let job = self.engine.sweep(req, counts.clone(), self.ws.sweep.pick());
+            self.status.sweep_started(job, &counts, names);
+            self.frames.reset();
+        }
+    }
+
+    fn ablate(&mut self) {
+        let Some(caption) = self.status.output.caption.clone() else {
+            return self.error("Generate a caption first: the ablation explains it.".into());
+        };
+        if caption.tokens.is_empty() {
+            return self.error("The caption is empty: there is nothing to explain.".into());
+        }
+        if let Some(req) = self.request_for_job() {
+            let examples = self
+                .ws
+                .examples
+                .iter()
+                .filter(|e| e.enabled)
+                .map(|e| (e.id, e.image.name.clone()))
+                .collect();
+            let job = self.engine.ablate(req, caption.token_ids());
+            self.status
+                .ablation_started(job, caption.raw_text.clone(), examples);
+        }
+    }
+
+    fn branch(&mut self, step: usize, token: u32) {
+        let Some(current) = self.status.output.caption.clone() else {
+            return;
+        };
+        if step >= current.tokens.len() {
+            return;
+        }
+        let Some(mut req) = self.request_for_job() else {
+            return;
+        };
+        let mut forced: Vec<u32> = current.tokens[..step].iter().map(|t| t.id).collect();
+        forced.push(token);
+        req.generation.max_new_tokens = req.generation.max_new_tokens.max(forced.len());
+        req.forced = forced;
+        // The first caption of a chain of branches stays the one to return to.
+        let original = self
+            .status
+            .output
+            .branched_from
+            .take()
+            .unwrap_or((current, step));
+        let job = self.engine.generate(req);
+        self.job_started(job);
+        self.status.output.branched_from = Some((original.0, step));
     }
 
     fn score(&mut self) {
@@ -358,16 +567,23 @@ impl FlamingoApp {
                         thumb: Some(tex),
                         size,
                     };
-                    match target {
-                        Target::Query => self.ws.query = Some(item),
-                        Target::Example { text, enabled } => {
-                            self.ws.examples.push(Example {
-                                id: self.next_id,
-                                image: item,
-                                text,
-                                enabled,
-                            });
+                    let id = self.next_id;
+                    let (set, target) = match target {
+                        Target::VariantQuery => (self.set_mut(true), Target::Query),
+                        Target::VariantExample { text, enabled } => {
+                            (self.set_mut(true), Target::Example { text, enabled })
                         }
+                        // Drops and the set's own images: the set in the panels.
+                        t => (&mut self.ws, t),
+                    };
+                    match target {
+                        Target::Example { text, enabled } => set.examples.push(Example {
+                            id,
+                            image: item,
+                            text,
+                            enabled,
+                        }),
+                        _ => set.query = Some(item),
                     }
                     self.next_id += 1;
                     self.mark_dirty();

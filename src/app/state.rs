@@ -70,6 +70,54 @@ impl Default for Settings {
     }
 }
 
+/// A shot sweep's choices, kept with the set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SweepSettings {
+    /// The example counts, comma-separated; empty: 0, 1, 2, 4, … up to the examples.
+    pub counts: String,
+    /// Random draws (the first n of a shuffle with `seed`) instead of the first n.
+    pub random: bool,
+    pub seed: u64,
+}
+
+impl SweepSettings {
+    /// The counts to run with `n` enabled examples, or why they cannot run.
+    pub fn counts_for(&self, n: usize) -> Result<Vec<usize>, String> {
+        if self.counts.trim().is_empty() {
+            return Ok(crate::engine::default_counts(n));
+        }
+        let counts = self
+            .counts
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<usize>()
+                    .map_err(|_| format!("`{c}` is not a number of examples"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(c) = counts.iter().find(|&&c| c > n) {
+            return Err(format!(
+                "a {c}-shot row needs {c} enabled examples; there {} {n}",
+                if n == 1 { "is" } else { "are" }
+            ));
+        }
+        if counts.is_empty() {
+            return Err("no example counts to sweep".into());
+        }
+        Ok(counts)
+    }
+
+    pub fn pick(&self) -> crate::engine::ShotPick {
+        if self.random {
+            crate::engine::ShotPick::Random { seed: self.seed }
+        } else {
+            crate::engine::ShotPick::First
+        }
+    }
+}
+
 /// The working set: everything that goes into a prompt.
 #[derive(Clone, Debug, Default)]
 pub struct WorkingSet {
@@ -81,6 +129,9 @@ pub struct WorkingSet {
     pub vqa_templates: Templates,
     /// Candidate texts to rank, one per line.
     pub candidates: String,
+    pub sweep: SweepSettings,
+    /// A second set to compare with, side by side (same query).
+    pub variant: Option<Box<WorkingSet>>,
 }
 
 impl WorkingSet {
@@ -164,6 +215,11 @@ struct SetFile {
     vqa_templates: Templates,
     examples: Vec<SetExample>,
     query: Option<SetImage>,
+    #[serde(default)]
+    sweep: SweepSettings,
+    /// A variant of the set (its own examples, texts and templates) compared side by side.
+    #[serde(default)]
+    variant: Option<Box<SetFile>>,
 }
 
 /// A prompt set read from disk, with image bytes (thumbnails are made by the loader).
@@ -174,6 +230,8 @@ pub struct LoadedSet {
     pub vqa_templates: Templates,
     pub examples: Vec<(String, Arc<[u8]>, ShotText, bool)>,
     pub query: Option<(String, Arc<[u8]>)>,
+    pub sweep: SweepSettings,
+    pub variant: Option<Box<LoadedSet>>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -181,11 +239,15 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 pub fn set_to_json(ws: &WorkingSet) -> String {
+    serde_json::to_string_pretty(&set_file(ws)).unwrap_or_default()
+}
+
+fn set_file(ws: &WorkingSet) -> SetFile {
     let img = |i: &ImageItem| SetImage {
         name: i.name.clone(),
         data: b64(&i.bytes),
     };
-    let file = SetFile {
+    SetFile {
         format: SET_FORMAT.into(),
         version: 1,
         task: ws.task,
@@ -204,12 +266,17 @@ pub fn set_to_json(ws: &WorkingSet) -> String {
             })
             .collect(),
         query: ws.query.as_ref().map(img),
-    };
-    serde_json::to_string_pretty(&file).unwrap_or_default()
+        sweep: ws.sweep.clone(),
+        variant: ws.variant.as_deref().map(|v| Box::new(set_file(v))),
+    }
 }
 
 pub fn set_from_json(text: &str) -> Result<LoadedSet, String> {
     let f: SetFile = serde_json::from_str(text).map_err(|e| format!("not a prompt set ({e})"))?;
+    loaded_set(f)
+}
+
+fn loaded_set(f: SetFile) -> Result<LoadedSet, String> {
     if f.format != SET_FORMAT {
         return Err(format!("not a prompt set (format `{}`)", f.format));
     }
@@ -245,6 +312,11 @@ pub fn set_from_json(text: &str) -> Result<LoadedSet, String> {
         vqa_templates: f.vqa_templates,
         examples,
         query: f.query.as_ref().map(dec).transpose()?,
+        sweep: f.sweep,
+        variant: f
+            .variant
+            .map(|v| loaded_set(*v).map(Box::new))
+            .transpose()?,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use egui::{Color32, RichText, Ui};
 
-use super::{Command, DropTarget, FlamingoApp, ModelState, RunState};
+use super::{Command, DropTarget, FlamingoApp, ModelState};
 use crate::hub::registry;
 use crate::text::prompt::Task;
 
@@ -36,7 +36,11 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
             messages(app, ui, &mut cmds);
             query_rect = query_area(app, ui, &mut cmds);
             ui.add_space(8.0);
-            output_area(app, ui, &mut cmds);
+            super::icl_view::output_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
+            super::icl_view::sweep_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
+            super::icl_view::ablation_area(app, ui, &mut cmds);
             ui.add_space(8.0);
             ranking(app, ui, &mut cmds);
             ui.add_space(8.0);
@@ -572,35 +576,6 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
             });
         });
     resp.response.rect
-}
-
-fn output_area(app: &mut FlamingoApp, ui: &mut Ui, _cmds: &mut [Command]) {
-    ui.heading("Output");
-    let o = &app.status.output;
-    let state = match &o.state {
-        RunState::Idle => "".to_string(),
-        RunState::Running => "generating…".to_string(),
-        RunState::Done => "done".to_string(),
-        RunState::Stopped => "stopped".to_string(),
-        RunState::Failed(e) => format!("failed: {e}"),
-    };
-    if !state.is_empty() {
-        ui.label(RichText::new(state).small().weak());
-    }
-    egui::Frame::canvas(ui.style())
-        .inner_margin(10.0)
-        .show(ui, |ui| {
-            ui.set_min_width(ui.available_width());
-            ui.set_min_height(48.0);
-            if o.answer.is_empty() && o.raw.is_empty() {
-                ui.label(RichText::new("The caption appears here as it is generated.").weak());
-            } else {
-                ui.label(RichText::new(&o.answer).size(20.0).strong());
-            }
-        });
-    if !o.raw.is_empty() && o.raw.trim() != o.answer {
-        ui.label(RichText::new(format!("raw: {}", o.raw)).small().monospace());
-    }
 }
 
 fn ranking(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {

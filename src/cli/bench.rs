@@ -546,3 +546,81 @@ fn cold_caption(
     )?;
     Ok(out)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct SweepCostArgs {
+    /// The query, the examples (four for the target's 0/1/2/4 sweep), the model and format.
+    #[command(flatten)]
+    pub caption: super::CaptionArgs,
+    /// The example counts of the sweep.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+    pub shots: Vec<usize>,
+    /// Each figure is the median of this many runs.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The sweep's cost target: a sweep of k counts should cost at most 1.3 × a cold caption with
+/// all the examples plus (k − 1) final-prompt-and-decode runs (a re-query whose examples are
+/// kept). Every run decodes exactly `max_new_tokens` (min = max), so the runs compare.
+pub fn sweep_cost(a: SweepCostArgs) -> anyhow::Result<()> {
+    let (mut req, captioner) = super::one_query(&a.caption, "bench-sweep")?;
+    req.generation.min_new_tokens = req.generation.max_new_tokens;
+    let n = req.shots.len();
+    crate::pipeline::icl::sweep_picks(n, &a.shots, crate::types::ShotPick::First)?;
+    let cancel = AtomicBool::new(false);
+    captioner.warm_up()?;
+    let (mut cold, mut again, mut sweep) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows_s: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..a.repeats.max(1) {
+        captioner.clear_caches()?;
+        let t = Instant::now();
+        captioner.caption(&req, &cancel, |_| {})?;
+        cold.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        captioner.caption(&req, &cancel, |_| {})?;
+        again.push(t.elapsed().as_secs_f64());
+        captioner.clear_caches()?;
+        let t = Instant::now();
+        let rows = captioner.sweep(
+            &req,
+            &a.shots,
+            crate::types::ShotPick::First,
+            &cancel,
+            |_| {},
+        )?;
+        sweep.push(t.elapsed().as_secs_f64());
+        rows_s.push(
+            rows.iter()
+                .map(|r| r.as_ref().map_or(f64::NAN, |r| r.seconds))
+                .collect(),
+        );
+    }
+    let (cold_s, final_s, sweep_s) = (
+        median(cold.clone()),
+        median(again.clone()),
+        median(sweep.clone()),
+    );
+    let budget = 1.3 * cold_s + (a.shots.len().saturating_sub(1)) as f64 * final_s;
+    let out = serde_json::json!({
+        "model": captioner.model_id,
+        "dtype": a.caption.prompt.dtype.name(),
+        "threads": candle_core::utils::get_num_threads(),
+        "examples": n,
+        "counts": a.shots,
+        "new_tokens": req.generation.max_new_tokens,
+        "cold_caption_s": cold_s,
+        "final_prompt_and_decode_s": final_s,
+        "sweep_s": sweep_s,
+        "target_s": budget,
+        "sweep_over_target": sweep_s / budget,
+        "runs": {"cold": cold, "again": again, "sweep": sweep, "sweep_rows": rows_s},
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

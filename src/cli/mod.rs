@@ -57,6 +57,9 @@ pub enum Command {
     Ablate(Box<AblateArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
+    /// Time a shot sweep against a cold caption with all the examples and re-queries
+    /// (the sweep's cost target), on a model from the hub cache.
+    BenchSweep(Box<bench::SweepCostArgs>),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -312,6 +315,7 @@ impl Cli {
             Some(Command::Sweep(a)) => a.caption.prompt.threads.map(usize::from),
             Some(Command::Ablate(a)) => a.caption.prompt.threads.map(usize::from),
             Some(Command::Bench(a)) => a.threads.map(usize::from),
+            Some(Command::BenchSweep(a)) => a.caption.prompt.threads.map(usize::from),
             _ => None,
         }
     }
@@ -352,6 +356,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Models { json }) => models(json),
         Some(Command::Download { model }) => download(&model),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::BenchSweep(a)) => bench::sweep_cost(*a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
     }
@@ -721,7 +726,10 @@ fn caption_json(
 }
 
 /// The request and model of a command that captions one query (sweep, ablate).
-fn one_query(a: &CaptionArgs, what: &str) -> anyhow::Result<(CaptionRequest, Captioner)> {
+pub(crate) fn one_query(
+    a: &CaptionArgs,
+    what: &str,
+) -> anyhow::Result<(CaptionRequest, Captioner)> {
     if a.prompt.query.is_none() || a.prompt.batch.is_some() {
         anyhow::bail!("{what} takes one QUERY_IMAGE (no --batch)");
     }

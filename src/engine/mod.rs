@@ -12,11 +12,17 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
 pub use crate::generate::{GenerationConfig, Timings};
-use crate::pipeline::Captioner;
+use crate::pipeline::icl::SweepEvent;
+pub use crate::pipeline::icl::{default_counts, Ablation};
 pub use crate::pipeline::{
     default_format, memory_needed, CaptionRequest, ImageInput, Prepared, Shot,
 };
+use crate::pipeline::{CaptionResult, Captioner};
+pub use crate::types::ShotPick;
 use crate::types::WeightFormat;
+
+/// How many alternatives the app keeps per generated token (its hover shows them).
+pub const ALTERNATIVES: usize = 5;
 
 /// Counts a prompt's tokens with the loaded model's tokenizer (called on the UI thread: a
 /// tokenizer, no model).
@@ -49,6 +55,20 @@ pub enum Request {
         request: Box<CaptionRequest>,
         candidates: Vec<String>,
     },
+    /// Caption the query with each count of examples (a shot sweep).
+    Sweep {
+        job: JobId,
+        request: Box<CaptionRequest>,
+        counts: Vec<usize>,
+        pick: ShotPick,
+    },
+    /// What each example did to `caption` (token ids): rescored with each left out and with
+    /// the examples reversed.
+    Ablate {
+        job: JobId,
+        request: Box<CaptionRequest>,
+        caption: Vec<u32>,
+    },
     Shutdown,
 }
 
@@ -61,6 +81,38 @@ pub struct ModelInfo {
     pub format: String,
     pub context_len: usize,
     pub load_s: f64,
+}
+
+/// One generated token as the app shows it: its text, probability and the most likely
+/// alternatives at its step.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// Its piece of the text (empty for the end-of-chunk token).
+    pub text: String,
+    pub logprob: f32,
+    /// (id, text, log-probability), best first.
+    pub alternatives: Vec<(u32, String, f32)>,
+}
+
+/// A finished caption: what the app keeps of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Caption {
+    pub raw_text: String,
+    pub text: String,
+    pub tokens: Vec<TokenInfo>,
+    pub timings: Timings,
+}
+
+impl Caption {
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    /// Summed log-probability of its tokens.
+    pub fn logprob(&self) -> f32 {
+        self.tokens.iter().map(|t| t.logprob).sum()
+    }
 }
 
 pub enum Event {
@@ -97,10 +149,39 @@ pub enum Event {
     },
     Finished {
         job: JobId,
-        raw_text: String,
+        caption: Caption,
+    },
+    /// A sweep's row (its place in the counts) started with these examples (indices into
+    /// the request's).
+    SweepRowStarted {
+        job: JobId,
+        row: usize,
+        examples: Vec<usize>,
+    },
+    SweepText {
+        job: JobId,
+        row: usize,
         text: String,
-        timings: Timings,
-        tokens: usize,
+    },
+    SweepRowFinished {
+        job: JobId,
+        row: usize,
+        /// The caption and the row's seconds, or why the row failed.
+        result: Result<(Caption, f64), String>,
+    },
+    /// Every row of the sweep has finished.
+    SweepFinished {
+        job: JobId,
+    },
+    /// An ablation has done `done` of its `total` scorings.
+    AblateProgress {
+        job: JobId,
+        done: usize,
+        total: usize,
+    },
+    Ablated {
+        job: JobId,
+        ablation: Ablation,
     },
     Scored {
         job: JobId,
@@ -127,7 +208,19 @@ impl std::fmt::Debug for Event {
             Event::LoadFailed { error, .. } => write!(f, "LoadFailed({error})"),
             Event::Started { job, .. } => write!(f, "Started({job})"),
             Event::Token { job, text, .. } => write!(f, "Token({job}, {text:?})"),
-            Event::Finished { job, text, .. } => write!(f, "Finished({job}, {text:?})"),
+            Event::Finished { job, caption } => write!(f, "Finished({job}, {:?})", caption.text),
+            Event::SweepRowStarted { job, row, .. } => write!(f, "SweepRowStarted({job}, {row})"),
+            Event::SweepText { job, row, text } => write!(f, "SweepText({job}, {row}, {text:?})"),
+            Event::SweepRowFinished { job, row, result } => write!(
+                f,
+                "SweepRowFinished({job}, {row}, {:?})",
+                result.as_ref().map(|(c, _)| &c.text)
+            ),
+            Event::SweepFinished { job } => write!(f, "SweepFinished({job})"),
+            Event::AblateProgress { job, done, total } => {
+                write!(f, "AblateProgress({job}, {done}/{total})")
+            }
+            Event::Ablated { job, ablation } => write!(f, "Ablated({job}, {ablation:?})"),
             Event::Scored { job, ranked } => write!(f, "Scored({job}, {ranked:?})"),
             Event::Prepared(p) => write!(f, "Prepared({p:?})"),
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
@@ -215,6 +308,29 @@ impl Engine {
             job,
             request: Box::new(request),
             candidates,
+        });
+        job
+    }
+
+    /// Queues a shot sweep and returns its id.
+    pub fn sweep(&mut self, request: CaptionRequest, counts: Vec<usize>, pick: ShotPick) -> JobId {
+        let job = self.new_job();
+        let _ = self.tx.send(Request::Sweep {
+            job,
+            request: Box::new(request),
+            counts,
+            pick,
+        });
+        job
+    }
+
+    /// Queues an ablation of `caption` (token ids) and returns its id.
+    pub fn ablate(&mut self, request: CaptionRequest, caption: Vec<u32>) -> JobId {
+        let job = self.new_job();
+        let _ = self.tx.send(Request::Ablate {
+            job,
+            request: Box::new(request),
+            caption,
         });
         job
     }
@@ -402,14 +518,75 @@ fn run(
                         since_start_s: t0.elapsed().as_secs_f64(),
                     });
                 });
-                match res {
-                    Ok(r) => send(Event::Finished {
+                match res.and_then(|r| caption_of(c, r)) {
+                    Ok(caption) => send(Event::Finished { job, caption }),
+                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
+                    Err(e) => send(Event::Failed {
                         job,
-                        tokens: r.generated.tokens.len(),
-                        raw_text: r.raw_text,
-                        text: r.text,
-                        timings: r.generated.timings,
+                        error: e.to_string(),
                     }),
+                }
+            }
+            Request::Sweep {
+                job,
+                request,
+                counts,
+                pick,
+            } => {
+                let Some(c) = model.as_ref() else {
+                    send(Event::Failed {
+                        job,
+                        error: "no model is loaded yet".into(),
+                    });
+                    continue;
+                };
+                let res = c.sweep(&request, &counts, pick, &cancel, |e| match e {
+                    SweepEvent::RowStarted { row, examples } => send(Event::SweepRowStarted {
+                        job,
+                        row,
+                        examples: examples.to_vec(),
+                    }),
+                    SweepEvent::Text { row, chunk } => send(Event::SweepText {
+                        job,
+                        row,
+                        text: chunk.to_string(),
+                    }),
+                    SweepEvent::RowFinished { row, row_result } => {
+                        let result = match row_result {
+                            Ok(r) => caption_of(c, r.result.clone())
+                                .map(|cap| (cap, r.seconds))
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        send(Event::SweepRowFinished { job, row, result })
+                    }
+                });
+                match res {
+                    Ok(_) => send(Event::SweepFinished { job }),
+                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
+                    Err(e) => send(Event::Failed {
+                        job,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Request::Ablate {
+                job,
+                request,
+                caption,
+            } => {
+                let Some(c) = model.as_ref() else {
+                    send(Event::Failed {
+                        job,
+                        error: "no model is loaded yet".into(),
+                    });
+                    continue;
+                };
+                let res = c.ablate(&request, &caption, &cancel, |done, total| {
+                    send(Event::AblateProgress { job, done, total })
+                });
+                match res {
+                    Ok(ablation) => send(Event::Ablated { job, ablation }),
                     Err(Error::Cancelled) => send(Event::Cancelled { job }),
                     Err(e) => send(Event::Failed {
                         job,
@@ -419,4 +596,39 @@ fn run(
             }
         }
     }
+}
+
+/// What the app keeps of a caption: each token with its text, probability and alternatives.
+fn caption_of(c: &Captioner, r: CaptionResult) -> crate::error::Result<Caption> {
+    let g = r.generated;
+    let texts = c.tokenizer.token_texts(&g.tokens)?;
+    let tokens = g
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let alternatives = g
+                .alternatives
+                .get(i)
+                .map(|alts| {
+                    alts.iter()
+                        .map(|&(a, lp)| Ok((a, c.tokenizer.decode(&[a])?, lp)))
+                        .collect::<crate::error::Result<Vec<_>>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            Ok(TokenInfo {
+                id,
+                text: texts.get(i).cloned().unwrap_or_default(),
+                logprob: g.token_logprobs.get(i).copied().unwrap_or(0.0),
+                alternatives,
+            })
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    Ok(Caption {
+        raw_text: r.raw_text,
+        text: r.text,
+        tokens,
+        timings: g.timings,
+    })
 }

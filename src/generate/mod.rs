@@ -33,7 +33,7 @@ pub struct GenerateOptions {
     pub forced: Vec<u32>,
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
     pub encode_s: f64,
     pub prefill_s: f64,

@@ -264,6 +264,12 @@ impl Captioner {
         self.caches.lock().map(|c| c.stats).unwrap_or_default()
     }
 
+    /// Forgets every kept latent and prefix state (and the counts), as after a fresh load.
+    pub fn clear_caches(&self) -> Result<()> {
+        *self.lock_caches()? = PromptCaches::default();
+        Ok(())
+    }
+
     fn lock_caches(&self) -> Result<std::sync::MutexGuard<'_, PromptCaches>> {
         self.caches
             .lock()

@@ -1,0 +1,460 @@
+//! The in-context-learning views: the caption token by token (shaded by probability, with
+//! its alternatives, branching), the working set and its variant side by side, the shot
+//! sweep's columns and what each example did. Each draws plain state and returns commands.
+
+use egui::{Color32, RichText, Sense, Ui};
+
+use super::engine_status::{Output, RunState};
+use super::{Command, FlamingoApp, ModelState};
+use crate::engine::{Caption, TokenInfo};
+
+const SURE: Color32 = Color32::from_rgb(70, 160, 110);
+const UNSURE: Color32 = Color32::from_rgb(230, 110, 60);
+
+fn state_text(s: &RunState, running: &str) -> String {
+    match s {
+        RunState::Idle => String::new(),
+        RunState::Running => running.to_string(),
+        RunState::Done => "done".to_string(),
+        RunState::Stopped => "stopped".to_string(),
+        RunState::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+/// A token's shade: the less likely it was, the stronger the colour.
+fn shade(logprob: f32) -> Color32 {
+    let p = logprob.exp().clamp(0.0, 1.0);
+    let c = if p >= 0.5 { SURE } else { UNSURE };
+    c.gamma_multiply(0.15 + 0.55 * (1.0 - p))
+}
+
+fn token_label(t: &TokenInfo) -> String {
+    if t.text.is_empty() {
+        "⏎".to_string()
+    } else {
+        t.text.clone()
+    }
+}
+
+fn alternatives_table(ui: &mut Ui, t: &TokenInfo) {
+    ui.label(RichText::new(format!("{:?}: p = {:.3}", token_label(t), t.logprob.exp())).strong());
+    egui::Grid::new("alternatives").show(ui, |ui| {
+        for (_, text, lp) in &t.alternatives {
+            ui.label(RichText::new(format!("{text:?}")).monospace());
+            ui.label(format!("{:.3}", lp.exp()));
+            ui.end_row();
+        }
+    });
+}
+
+/// The caption token by token: each shaded by its probability, its alternatives on hover;
+/// a click selects it (`selected`) when `selectable`.
+fn token_text(ui: &mut Ui, c: &Caption, size: f32, selected: &mut Option<usize>, selectable: bool) {
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = 0.0;
+        for (i, t) in c.tokens.iter().enumerate() {
+            let mut text = RichText::new(token_label(t))
+                .size(size)
+                .background_color(shade(t.logprob));
+            if *selected == Some(i) {
+                text = text.underline().strong();
+            }
+            let sense = if selectable {
+                Sense::click()
+            } else {
+                Sense::hover()
+            };
+            let resp = ui
+                .add(egui::Label::new(text).sense(sense))
+                .on_hover_ui(|ui| alternatives_table(ui, t));
+            if selectable && resp.clicked() {
+                *selected = if *selected == Some(i) { None } else { Some(i) };
+            }
+        }
+    });
+}
+
+/// One output column: its state, the caption (token by token once finished) and, for the
+/// set in the panels, the selected token's alternatives to branch from.
+fn output_column(
+    ui: &mut Ui,
+    o: &Output,
+    title: Option<&str>,
+    selected: &mut Option<usize>,
+    in_panels: bool,
+    cmds: &mut Vec<Command>,
+) {
+    ui.horizontal(|ui| {
+        if let Some(t) = title {
+            ui.label(RichText::new(t).strong());
+        }
+        let s = state_text(&o.state, "generating…");
+        if !s.is_empty() {
+            ui.label(RichText::new(s).small().weak());
+        }
+    });
+    egui::Frame::canvas(ui.style())
+        .inner_margin(10.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.set_min_height(48.0);
+            match &o.caption {
+                Some(c) if !c.tokens.is_empty() => {
+                    token_text(ui, c, 20.0, selected, in_panels);
+                }
+                _ if o.answer.is_empty() && o.raw.is_empty() => {
+                    ui.label(RichText::new("The caption appears here as it is generated.").weak());
+                }
+                _ => {
+                    ui.label(RichText::new(&o.answer).size(20.0).strong());
+                }
+            }
+        });
+    if let Some(c) = &o.caption {
+        ui.label(
+            RichText::new(format!(
+                "answer: {}   ·   log p = {:.2}   ·   {} tokens",
+                o.answer,
+                c.logprob(),
+                c.tokens.len()
+            ))
+            .small()
+            .weak(),
+        )
+        .on_hover_text(
+            "Each token is shaded by its probability (green: likely, orange: unlikely; the \
+             stronger, the less likely). Hover a token for the five most likely tokens at its \
+             step; click it to branch from one of them.",
+        );
+    }
+    if let Some((_, step)) = &o.branched_from {
+        ui.horizontal(|ui| {
+            ui.label(
+                RichText::new(format!("A branch: token {} was chosen by you.", step + 1)).small(),
+            );
+            if in_panels && ui.small_button("Back to the original").clicked() {
+                cmds.push(Command::RestoreOriginal);
+            }
+        });
+    }
+    let picked = in_panels
+        .then(|| o.caption.as_ref().zip(*selected))
+        .flatten()
+        .and_then(|(c, i)| c.tokens.get(i).map(|t| (i, t)));
+    if let Some((i, t)) = picked {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(format!("Continue from token {} with:", i + 1)).small());
+            for (id, text, lp) in &t.alternatives {
+                let label = format!("{text:?} {:.2}", lp.exp());
+                let chosen = *id == t.id;
+                if ui
+                    .add_enabled(!chosen, egui::Button::new(label).small())
+                    .on_disabled_hover_text("the token the caption has")
+                    .clicked()
+                {
+                    cmds.push(Command::Branch {
+                        step: i,
+                        token: *id,
+                    });
+                }
+            }
+        });
+    }
+    if !o.raw.is_empty() && o.raw.trim() != o.answer {
+        ui.label(RichText::new(format!("raw: {}", o.raw)).small().monospace());
+    }
+}
+
+/// The output, and the variant's beside it when there is one (compare prompts).
+pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    let running = app.is_running();
+    let ready = matches!(app.status.model, ModelState::Ready(_));
+    ui.horizontal(|ui| {
+        ui.heading("Output");
+        if app.ws.variant.is_none() {
+            if ui
+                .button("Duplicate as variant")
+                .on_hover_text(
+                    "A copy of this set to change (an example's caption, the order, the \
+                     templates) and caption side by side with it.",
+                )
+                .clicked()
+            {
+                cmds.push(Command::MakeVariant);
+            }
+        } else {
+            if ui
+                .selectable_label(!app.editing_variant, "Edit A")
+                .on_hover_text("The panels on the left edit the working set (A).")
+                .clicked()
+            {
+                cmds.push(Command::EditVariant(false));
+            }
+            if ui
+                .selectable_label(app.editing_variant, "Edit B")
+                .on_hover_text("The panels on the left edit the variant (B).")
+                .clicked()
+            {
+                cmds.push(Command::EditVariant(true));
+            }
+            if ui
+                .add_enabled(ready && !running, egui::Button::new("Generate both"))
+                .clicked()
+            {
+                cmds.push(Command::GenerateBoth);
+            }
+        }
+    });
+    let mut selected = app.selected_token;
+    if app.ws.variant.is_some() {
+        // Column A is always the working set, B the variant.
+        let (a, b) = if app.editing_variant {
+            (&app.status.variant_output, &app.status.output)
+        } else {
+            (&app.status.output, &app.status.variant_output)
+        };
+        let editing_b = app.editing_variant;
+        ui.columns(2, |cols| {
+            for (k, (o, title)) in [(a, "A: working set"), (b, "B: variant")]
+                .into_iter()
+                .enumerate()
+            {
+                let ui = &mut cols[k];
+                let in_panels = (k == 1) == editing_b;
+                output_column(ui, o, Some(title), &mut selected, in_panels, cmds);
+                if ui
+                    .small_button("Keep this one")
+                    .on_hover_text("This set becomes the working set; the other goes.")
+                    .clicked()
+                {
+                    cmds.push(Command::KeepSet { variant: k == 1 });
+                }
+            }
+        });
+    } else {
+        output_column(ui, &app.status.output, None, &mut selected, true, cmds);
+    }
+    // A new caption clears the selection.
+    let tokens = app
+        .status
+        .output
+        .caption
+        .as_ref()
+        .map_or(0, |c| c.tokens.len());
+    app.selected_token = selected.filter(|&i| i < tokens);
+}
+
+/// The shot sweep: its settings, a Run button and one column per count.
+pub fn sweep_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    let header = egui::CollapsingHeader::new("Shot sweep: the caption with 0, 1, 2, … examples")
+        .id_salt("sweep")
+        .default_open(false);
+    header.show(ui, |ui| {
+        let mut changed = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Example counts");
+            changed |= ui
+                .add(
+                    egui::TextEdit::singleline(&mut app.ws.sweep.counts)
+                        .desired_width(90.0)
+                        .hint_text("0,1,2,4")
+                        .id_salt("sweep-counts"),
+                )
+                .on_hover_text("Comma-separated; empty: 0, 1, 2, 4, … up to the enabled examples.")
+                .changed();
+            changed |= ui
+                .checkbox(&mut app.ws.sweep.random, "random draws")
+                .on_hover_text(
+                    "The first n of one shuffle of the examples (with this seed) instead of \
+                     the first n in order.",
+                )
+                .changed();
+            if app.ws.sweep.random {
+                ui.label("seed");
+                changed |= ui
+                    .add(egui::DragValue::new(&mut app.ws.sweep.seed))
+                    .changed();
+            }
+            let ready = matches!(app.status.model, ModelState::Ready(_)) && !app.is_running();
+            if ui
+                .add_enabled(ready, egui::Button::new("Run sweep"))
+                .on_hover_text("Each row runs on from the prompt state of the row before.")
+                .clicked()
+            {
+                cmds.push(Command::RunSweep);
+            }
+        });
+        if changed {
+            app.mark_dirty();
+        }
+        let sw = &app.status.sweep;
+        let stable = app.stable_for_snapshots;
+        let s = state_text(&sw.state, "sweeping…");
+        if !s.is_empty() {
+            ui.label(RichText::new(s).small().weak());
+        }
+        if sw.rows.is_empty() {
+            return;
+        }
+        let mut none = None;
+        ui.columns(sw.rows.len(), |cols| {
+            for (ui, r) in cols.iter_mut().zip(&sw.rows) {
+                ui.label(
+                    RichText::new(format!(
+                        "{} shot{}",
+                        r.shots,
+                        if r.shots == 1 { "" } else { "s" }
+                    ))
+                    .strong(),
+                );
+                if r.started {
+                    let names: Vec<String> = r
+                        .examples
+                        .iter()
+                        .map(|&i| {
+                            let n = sw.example_names.get(i).map(String::as_str).unwrap_or("?");
+                            format!("{}. {}", i + 1, short(n))
+                        })
+                        .collect();
+                    ui.label(
+                        RichText::new(if names.is_empty() {
+                            "no examples".to_string()
+                        } else {
+                            names.join(", ")
+                        })
+                        .small()
+                        .weak(),
+                    );
+                }
+                egui::Frame::canvas(ui.style())
+                    .inner_margin(6.0)
+                    .show(ui, |ui| {
+                        ui.set_min_width(ui.available_width());
+                        ui.set_min_height(36.0);
+                        match (&r.caption, &r.error) {
+                            (_, Some(e)) => {
+                                ui.colored_label(Color32::LIGHT_RED, e);
+                            }
+                            (Some(c), _) => token_text(ui, c, 15.0, &mut none, false),
+                            (None, _) if r.started => {
+                                ui.label(RichText::new(&r.raw).size(15.0));
+                            }
+                            _ => {
+                                ui.label(RichText::new("waiting").weak());
+                            }
+                        }
+                    });
+                if let (Some(c), Some(s)) = (&r.caption, r.seconds) {
+                    let time = if stable {
+                        String::new()
+                    } else {
+                        format!(" · {s:.2} s")
+                    };
+                    ui.label(
+                        RichText::new(format!("log p = {:.2}{time}", c.logprob()))
+                            .small()
+                            .weak(),
+                    );
+                }
+            }
+        });
+    });
+}
+
+fn short(name: &str) -> &str {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    match base.char_indices().nth(18) {
+        Some((i, _)) => &base[..i],
+        None => base,
+    }
+}
+
+/// What each example did to the current caption.
+pub fn ablation_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("What did each example do?")
+        .id_salt("ablation")
+        .default_open(false)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "The caption is rescored with each example left out, and with the examples \
+                     in reverse order. Effect = log p(caption) with all examples − without it: \
+                     positive means the example made this caption more likely.",
+                )
+                .small()
+                .weak(),
+            );
+            let ready = matches!(app.status.model, ModelState::Ready(_))
+                && !app.is_running()
+                && app.status.output.caption.is_some();
+            if ui
+                .add_enabled(ready, egui::Button::new("Explain the caption"))
+                .on_disabled_hover_text("Generate a caption first.")
+                .clicked()
+            {
+                cmds.push(Command::Ablate);
+            }
+            let ab = &app.status.ablation;
+            if ab.state == RunState::Running {
+                let (d, t) = ab.progress;
+                ui.add(
+                    egui::ProgressBar::new(if t > 0 { d as f32 / t as f32 } else { 0.0 })
+                        .desired_width(200.0)
+                        .text(format!("{d}/{t} scorings")),
+                );
+            } else {
+                let s = state_text(&ab.state, "");
+                if !s.is_empty() && ab.state != RunState::Done {
+                    ui.label(RichText::new(s).small().weak());
+                }
+            }
+            let Some(res) = &ab.result else { return };
+            ui.label(format!(
+                "“{}”: log p = {:.3}",
+                ab.caption.trim(),
+                res.logprob
+            ));
+            let effects = res.effects();
+            let scale = effects
+                .iter()
+                .chain(res.reversed.map(|r| res.logprob - r).as_ref())
+                .fold(1e-3f32, |m, e| m.max(e.abs()));
+            egui::Grid::new("ablation-grid")
+                .striped(true)
+                .show(ui, |ui| {
+                    for ((id, name), e) in ab.examples.iter().zip(&effects) {
+                        ui.label(short(name));
+                        effect_bar(ui, *e, scale);
+                        ui.label(format!("{e:+.3}"));
+                        if ui
+                            .small_button("Compare without it")
+                            .on_hover_text(
+                                "Caption the set without this example in the variant column.",
+                            )
+                            .clicked()
+                        {
+                            cmds.push(Command::GenerateWithout(*id));
+                        }
+                        ui.end_row();
+                    }
+                    if let Some(r) = res.reversed {
+                        ui.label(RichText::new("reversed order").italics());
+                        effect_bar(ui, res.logprob - r, scale);
+                        ui.label(format!("{:+.3}", res.logprob - r));
+                        ui.end_row();
+                    }
+                });
+        });
+}
+
+fn effect_bar(ui: &mut Ui, effect: f32, scale: f32) {
+    let w = 160.0;
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(w, 12.0), Sense::hover());
+    let mid = rect.center().x;
+    let len = (effect / scale).clamp(-1.0, 1.0) * w / 2.0;
+    let bar = egui::Rect::from_x_y_ranges(mid.min(mid + len)..=mid.max(mid + len), rect.y_range());
+    let color = if effect >= 0.0 { SURE } else { UNSURE };
+    ui.painter().rect_filled(bar, 2.0, color);
+    let stroke = egui::Stroke::new(1.0, ui.visuals().weak_text_color());
+    ui.painter().vline(mid, rect.y_range(), stroke);
+}
