@@ -12,8 +12,28 @@ use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
+/// The most pixels an image may have: PIL's limit (twice its `MAX_IMAGE_PIXELS`), above which
+/// it refuses a file as a decompression bomb. A header claiming more is refused before any
+/// pixel memory is allocated, with the limit in the message.
+pub const MAX_PIXELS: u64 = 178_956_970;
+
+/// The most memory one decode may allocate (a GIF's canvas and frame, a 16-bit PNG's rows).
+const MAX_DECODE_BYTES: u64 = 2 << 30;
+
+fn check_size(w: u32, h: u32) -> std::result::Result<(), String> {
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_PIXELS {
+        return Err(format!(
+            "{w}×{h} is {pixels} pixels, more than the {MAX_PIXELS} an image may have (a \
+             decompression bomb, or far larger than the model's 224-pixel view needs)"
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes any image the `image` crate reads, applies EXIF orientation and flattens alpha
-/// onto white. `name` is used in error messages.
+/// onto white. `name` is used in error messages. Images over [`MAX_PIXELS`] are refused from
+/// their header.
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     let err = |reason: String| Error::Image {
         name: name.to_string(),
@@ -31,7 +51,13 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
         Some(image::ImageFormat::Jpeg) => return decode_jpeg(bytes).map_err(err),
         Some(_) => {}
     }
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    check_size(w, h).map_err(err)?;
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
     if let Some(o) = orientation {
@@ -47,17 +73,18 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
 /// `image` crate's pure-Rust decoders differ from it by up to 11 levels on 4:2:0 chroma.
 /// libjpeg reports fatal errors by unwinding, which is caught here.
 fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    let decoded = std::panic::catch_unwind(|| -> std::io::Result<(u32, u32, Vec<u8>)> {
-        let d = mozjpeg::Decompress::new_mem(bytes)?;
-        let mut img = d.rgb()?;
+    let corrupt = |e: std::io::Error| format!("corrupt or unsupported JPEG ({e})");
+    let decoded = std::panic::catch_unwind(|| -> std::result::Result<_, String> {
+        let d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
+        check_size(d.width() as u32, d.height() as u32)?;
+        let mut img = d.rgb().map_err(corrupt)?;
         let (w, h) = (img.width() as u32, img.height() as u32);
-        let px: Vec<[u8; 3]> = img.read_scanlines()?;
-        img.finish()?;
-        Ok((w, h, px.into_iter().flatten().collect()))
+        let px: Vec<[u8; 3]> = img.read_scanlines().map_err(corrupt)?;
+        img.finish().map_err(corrupt)?;
+        Ok((w, h, px.into_iter().flatten().collect::<Vec<u8>>()))
     });
     let (w, h, rgb) = match decoded {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return Err(format!("corrupt or unsupported JPEG ({e})")),
+        Ok(r) => r?,
         Err(_) => return Err("corrupt or unsupported JPEG".into()),
     };
     if w == 0 || h == 0 {

@@ -1,0 +1,145 @@
+//! Bad input that must end in a clear error, never an abort or an unbounded allocation: image
+//! headers that claim huge dimensions (decompression bombs) in every format the decoder
+//! reads, refused from the header with the limit in the message, through the entry points
+//! the app (the image thread's decode) and the CLI (`caption`) use.
+
+mod common;
+
+use common::*;
+use flamingo::image::{decode_rgb, MAX_PIXELS};
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).unwrap()
+}
+
+/// A real PNG whose IHDR says `w`×`h` (CRC fixed, so only the size is wrong).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut b = fixture("coffee.png");
+    // Signature (8), length (4), "IHDR" (4), then width and height.
+    assert_eq!(&b[12..16], b"IHDR");
+    b[16..20].copy_from_slice(&w.to_be_bytes());
+    b[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// A real JPEG whose start-of-frame says `w`×`h`.
+fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+    let mut b = fixture("rocket.jpg");
+    let sof = (0..b.len() - 1)
+        .find(|&i| b[i] == 0xFF && (0xC0..=0xC2).contains(&b[i + 1]))
+        .unwrap();
+    // Marker (2), length (2), precision (1), height (2), width (2).
+    b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    b
+}
+
+/// A GIF whose logical screen is 65535×65535 with one 1×1 frame.
+fn gif_claiming_screen() -> Vec<u8> {
+    let mut b = b"GIF89a".to_vec();
+    b.extend(65535u16.to_le_bytes());
+    b.extend(65535u16.to_le_bytes());
+    b.extend([0x80, 0, 0]); // a global colour table of 2 entries
+    b.extend([0, 0, 0, 255, 255, 255]);
+    b.extend([0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // image descriptor: 1×1 at 0,0
+    b.extend([2, 2, 0x44, 0x01, 0]); // LZW min code size 2, one sub-block, end
+    b.push(0x3B);
+    b
+}
+
+/// A BMP header claiming `w`×`h` at 24 bits with a few bytes of pixels.
+fn bmp_claiming(w: i32, h: i32) -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    b.extend(70u32.to_le_bytes());
+    b.extend([0, 0, 0, 0]);
+    b.extend(54u32.to_le_bytes());
+    b.extend(40u32.to_le_bytes());
+    b.extend(w.to_le_bytes());
+    b.extend(h.to_le_bytes());
+    b.extend(1u16.to_le_bytes());
+    b.extend(24u16.to_le_bytes());
+    b.extend([0u8; 24]);
+    b.extend([0u8; 16]);
+    b
+}
+
+/// A lossless WebP (VP8L) whose header says `w`×`h` (each at most 16384).
+fn webp_claiming(w: u32, h: u32) -> Vec<u8> {
+    let bits = (w - 1) | ((h - 1) << 14);
+    let mut chunk = b"VP8L".to_vec();
+    chunk.extend(8u32.to_le_bytes());
+    chunk.push(0x2f);
+    chunk.extend(bits.to_le_bytes());
+    chunk.extend([0, 0, 0]);
+    let mut b = b"RIFF".to_vec();
+    b.extend((4 + chunk.len() as u32).to_le_bytes());
+    b.extend(b"WEBP");
+    b.extend(chunk);
+    b
+}
+
+#[test]
+fn decompression_bombs_are_refused_from_the_header() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("png-100000x100000.png", png_claiming(100_000, 100_000)),
+        ("png-20000x20000.png", png_claiming(20_000, 20_000)),
+        ("jpeg-60000x60000.jpg", jpeg_claiming(60_000, 60_000)),
+        ("gif-65535-screen.gif", gif_claiming_screen()),
+        ("bmp-60000x60000.bmp", bmp_claiming(60_000, 60_000)),
+    ];
+    for (name, bytes) in &cases {
+        let err = decode_rgb(bytes, name).unwrap_err().to_string();
+        assert!(err.contains(name), "{name}: {err}");
+        assert!(
+            err.contains(&MAX_PIXELS.to_string()),
+            "{name}: the limit is in the message: {err}"
+        );
+    }
+    // WebP's decoder checks its header against the chunk sizes before we see the dimensions:
+    // an error either way, never an allocation.
+    let err = decode_rgb(&webp_claiming(16_384, 16_384), "huge.webp").unwrap_err();
+    assert!(err.to_string().contains("huge.webp"), "{err}");
+    // Under the limit a lying header is still an error, not an abort.
+    let err = decode_rgb(&png_claiming(9000, 9000), "big.png").unwrap_err();
+    assert!(err.to_string().contains("big.png"), "{err}");
+}
+
+/// `caption` with a bomb among the examples: a clear error naming the file, exit status 1, no
+/// abort.
+#[test]
+fn the_cli_refuses_a_bomb_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("huge.png");
+    std::fs::write(&bomb, png_claiming(100_000, 100_000)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", fixtures().join("hf"))
+        .arg("caption")
+        .arg("--shot")
+        .arg(&bomb)
+        .arg("A cat.")
+        .arg(fixtures().join("images").join("rocket.jpg"))
+        .args(["--max-new-tokens", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("huge.png") && err.contains("pixels"), "{err}");
+}
