@@ -741,3 +741,33 @@ fn what_each_example_did() {
     let v = h.state().ws.variant.as_ref().unwrap();
     assert!(!v.examples[0].enabled && v.examples[1].enabled);
 }
+
+#[test]
+fn where_it_looked_follows_the_token_under_the_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 6;
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    h.get_by_label("Where did it look?").click();
+    h.run();
+    h.get_by_label("Show attention").click();
+    h.step();
+    wait_until(&mut h, "the maps", |a| {
+        a.status.attention.state == RunState::Done
+    });
+    let maps = h.state().status.attention.maps.clone().unwrap();
+    assert_eq!(maps.tokens.len(), 6);
+    assert!(h.query_by_label_contains("Token 1 ").is_some());
+    let third = h.state().status.output.caption.as_ref().unwrap().tokens[2]
+        .text
+        .clone();
+    h.get_all_by_label(&third).nth(2).unwrap().hover();
+    h.run();
+    assert_eq!(h.state().hovered_token, Some(2));
+    assert!(h.query_by_label_contains("Token 3 ").is_some());
+    h.snapshot("attention");
+}

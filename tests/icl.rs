@@ -297,3 +297,73 @@ fn v1_prefixes_run_on_with_the_same_tokens() {
     // 1-shot ran its prefix (up to its image), 2- and 3-shot ran on from there.
     assert_eq!((s.prefix_misses, s.prefix_extends), (1, 2), "{s:?}");
 }
+
+/// The recorded attention weights equal the reference's own softmax outputs on the 2-shot
+/// case (tests/reference/generate_attention.py), per layer; each token's heatmap sums to 1.
+#[test]
+fn attention_weights_match_the_reference_and_heatmaps_sum_to_one() {
+    let c = tiny(false);
+    let cancel = AtomicBool::new(false);
+    let req = caption_request(
+        &[
+            ("chelsea.png", "A cat lying on a rug."),
+            ("coffee.png", "A cup of coffee on a table."),
+        ],
+        "astronaut.png",
+        6,
+    );
+    let r = reference("every1_attention.safetensors");
+    let w = c.attention_weights(&req, &[], &cancel).unwrap();
+    let layers = |prefix: &str| {
+        let mut v: Vec<_> = r
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    for (kind, ours) in [
+        ("perceiver.", &w.perceiver),
+        ("cross.", &w.cross),
+        ("self.", &w.self_attention),
+    ] {
+        let names = layers(kind);
+        assert_eq!(names.len(), ours.len(), "{kind} layers");
+        for (name, got) in names.iter().zip(ours) {
+            let want = &r[name];
+            assert_eq!(got.dims(), want.dims(), "{name}");
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff <= 1e-4, "{name}: {diff}");
+        }
+    }
+
+    let caption = c.caption(&req, &cancel, |_| {}).unwrap().generated.tokens;
+    let maps = c.attention_maps(&req, &caption, &cancel).unwrap();
+    assert_eq!(maps.grid, 16);
+    assert_eq!(
+        maps.spans,
+        ["example 1", "example 2", "query prompt", "caption so far"]
+    );
+    assert_eq!(maps.tokens.len(), caption.len());
+    for (i, t) in maps.tokens.iter().enumerate() {
+        let h = t.heatmap.as_ref().unwrap();
+        assert_eq!(h.len(), 256);
+        let sum: f32 = h.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "token {i}: {sum}");
+        assert!(h.iter().all(|v| *v >= 0.0));
+        let mass: f32 = t.spans.iter().sum();
+        assert!(mass <= 1.0 + 1e-4 && mass > 0.0, "token {i}: {mass}");
+    }
+    assert_eq!(
+        maps.tokens[0].spans[3], 0.0,
+        "nothing generated before the first token"
+    );
+}

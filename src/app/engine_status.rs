@@ -1,7 +1,9 @@
 //! What the engine has reported, folded into plain state for the panels: the model's state,
 //! the download, the running job's output, the last ranking and what was prepared ahead.
 
-use crate::engine::{Ablation, Caption, Event, JobId, ModelInfo, Prepared, Timings, TokenCounter};
+use crate::engine::{
+    Ablation, AttentionMaps, Caption, Event, JobId, ModelInfo, Prepared, Timings, TokenCounter,
+};
 use crate::text::prompt::Task;
 
 use super::download_view::DownloadView;
@@ -112,6 +114,27 @@ impl Default for SweepView {
     }
 }
 
+/// The attention maps of the working set's caption.
+#[derive(Clone, Debug)]
+pub struct AttentionView {
+    pub job: Option<JobId>,
+    pub state: RunState,
+    /// The caption's token ids they are for.
+    pub caption: Vec<u32>,
+    pub maps: Option<AttentionMaps>,
+}
+
+impl Default for AttentionView {
+    fn default() -> Self {
+        Self {
+            job: None,
+            state: RunState::Idle,
+            caption: Vec::new(),
+            maps: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AblationView {
     pub job: Option<JobId>,
@@ -150,6 +173,7 @@ pub struct EngineStatus {
     pub variant_output: Output,
     pub sweep: SweepView,
     pub ablation: AblationView,
+    pub attention: AttentionView,
     /// The last ranking of candidates, best first: (text, summed log-probability).
     pub ranked: Vec<(String, f32)>,
     /// What the last preparation did (status bar).
@@ -168,6 +192,7 @@ impl Default for EngineStatus {
             variant_output: Output::default(),
             sweep: SweepView::default(),
             ablation: AblationView::default(),
+            attention: AttentionView::default(),
             ranked: Vec::new(),
             prepared: None,
             count_tokens: None,
@@ -192,6 +217,7 @@ impl EngineStatus {
             &self.variant_output.state,
             &self.sweep.state,
             &self.ablation.state,
+            &self.attention.state,
         ]
         .contains(&&RunState::Running)
     }
@@ -232,6 +258,15 @@ impl EngineStatus {
         };
     }
 
+    pub fn attention_started(&mut self, job: JobId, caption: Vec<u32>) {
+        self.attention = AttentionView {
+            job: Some(job),
+            state: RunState::Running,
+            caption,
+            maps: None,
+        };
+    }
+
     /// The output a generation job writes to (the working set's or the variant's).
     fn output_of(&mut self, job: JobId) -> Option<&mut Output> {
         if self.output.job == Some(job) {
@@ -249,6 +284,8 @@ impl EngineStatus {
             Some(&mut self.sweep.state)
         } else if self.ablation.job == Some(job) {
             Some(&mut self.ablation.state)
+        } else if self.attention.job == Some(job) {
+            Some(&mut self.attention.state)
         } else {
             self.output_of(job).map(|o| &mut o.state)
         }
@@ -342,6 +379,10 @@ impl EngineStatus {
             Event::Ablated { job, ablation } if self.ablation.job == Some(job) => {
                 self.ablation.result = Some(ablation);
                 self.ablation.state = RunState::Done;
+            }
+            Event::Explained { job, maps } if self.attention.job == Some(job) => {
+                self.attention.maps = Some(maps);
+                self.attention.state = RunState::Done;
             }
             Event::Prepared(p) => self.prepared = Some(p),
             Event::Scored { job, ranked } if mine(job, &self.output) => {

@@ -48,8 +48,15 @@ fn alternatives_table(ui: &mut Ui, t: &TokenInfo) {
 }
 
 /// The caption token by token: each shaded by its probability, its alternatives on hover;
-/// a click selects it (`selected`) when `selectable`.
-fn token_text(ui: &mut Ui, c: &Caption, size: f32, selected: &mut Option<usize>, selectable: bool) {
+/// a click selects it (`selected`) when `selectable`. Returns the token under the pointer.
+fn token_text(
+    ui: &mut Ui,
+    c: &Caption,
+    size: f32,
+    selected: &mut Option<usize>,
+    selectable: bool,
+) -> Option<usize> {
+    let mut hovered = None;
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing.x = 0.0;
         for (i, t) in c.tokens.iter().enumerate() {
@@ -67,11 +74,15 @@ fn token_text(ui: &mut Ui, c: &Caption, size: f32, selected: &mut Option<usize>,
             let resp = ui
                 .add(egui::Label::new(text).sense(sense))
                 .on_hover_ui(|ui| alternatives_table(ui, t));
+            if resp.hovered() {
+                hovered = Some(i);
+            }
             if selectable && resp.clicked() {
                 *selected = if *selected == Some(i) { None } else { Some(i) };
             }
         }
     });
+    hovered
 }
 
 /// One output column: its state, the caption (token by token once finished) and, for the
@@ -81,6 +92,7 @@ fn output_column(
     o: &Output,
     title: Option<&str>,
     selected: &mut Option<usize>,
+    hovered: &mut Option<usize>,
     in_panels: bool,
     cmds: &mut Vec<Command>,
 ) {
@@ -100,7 +112,10 @@ fn output_column(
             ui.set_min_height(48.0);
             match &o.caption {
                 Some(c) if !c.tokens.is_empty() => {
-                    token_text(ui, c, 20.0, selected, in_panels);
+                    let h = token_text(ui, c, 20.0, selected, in_panels);
+                    if in_panels && h.is_some() {
+                        *hovered = h;
+                    }
                 }
                 _ if o.answer.is_empty() && o.raw.is_empty() => {
                     ui.label(RichText::new("The caption appears here as it is generated.").weak());
@@ -206,6 +221,7 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
         }
     });
     let mut selected = app.selected_token;
+    let mut hovered = None;
     if app.ws.variant.is_some() {
         // Column A is always the working set, B the variant.
         let (a, b) = if app.editing_variant {
@@ -221,7 +237,15 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
             {
                 let ui = &mut cols[k];
                 let in_panels = (k == 1) == editing_b;
-                output_column(ui, o, Some(title), &mut selected, in_panels, cmds);
+                output_column(
+                    ui,
+                    o,
+                    Some(title),
+                    &mut selected,
+                    &mut hovered,
+                    in_panels,
+                    cmds,
+                );
                 if ui
                     .small_button("Keep this one")
                     .on_hover_text("This set becomes the working set; the other goes.")
@@ -232,7 +256,18 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
             }
         });
     } else {
-        output_column(ui, &app.status.output, None, &mut selected, true, cmds);
+        output_column(
+            ui,
+            &app.status.output,
+            None,
+            &mut selected,
+            &mut hovered,
+            true,
+            cmds,
+        );
+    }
+    if hovered.is_some() {
+        app.hovered_token = hovered;
     }
     // A new caption clears the selection.
     let tokens = app
@@ -335,7 +370,9 @@ pub fn sweep_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                             (_, Some(e)) => {
                                 ui.colored_label(Color32::LIGHT_RED, e);
                             }
-                            (Some(c), _) => token_text(ui, c, 15.0, &mut none, false),
+                            (Some(c), _) => {
+                                token_text(ui, c, 15.0, &mut none, false);
+                            }
                             (None, _) if r.started => {
                                 ui.label(RichText::new(&r.raw).size(15.0));
                             }
@@ -457,4 +494,135 @@ fn effect_bar(ui: &mut Ui, effect: f32, scale: f32) {
     ui.painter().rect_filled(bar, 2.0, color);
     let stroke = egui::Stroke::new(1.0, ui.visuals().weak_text_color());
     ui.painter().vline(mid, rect.y_range(), stroke);
+}
+
+/// Where the caption looked: for the token under the pointer (or the selected one), a heatmap
+/// over the query image and the self-attention mass on each example.
+pub fn attention_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("Where did it look?")
+        .id_salt("attention")
+        .default_open(false)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "Attention, not a causal attribution: for the token under the pointer, how \
+                     much its cross-attention drew on each part of the query image (over the \
+                     perceiver's latents, composed with the perceiver's attention over the \
+                     patch grid of the centre crop the model sees; averaged over heads and \
+                     layers), and the share of its self-attention on each example's text. \
+                     \"What did each example do?\" is the causal measure.",
+                )
+                .small()
+                .weak(),
+            );
+            let caption = app.status.output.caption.as_ref().map(|c| c.token_ids());
+            let ready = matches!(app.status.model, ModelState::Ready(_))
+                && !app.is_running()
+                && caption.is_some();
+            if ui
+                .add_enabled(ready, egui::Button::new("Show attention"))
+                .on_disabled_hover_text("Generate a caption first.")
+                .clicked()
+            {
+                cmds.push(Command::Explain);
+            }
+            let view = &app.status.attention;
+            let s = state_text(&view.state, "computing…");
+            if !s.is_empty() && view.state != RunState::Done {
+                ui.label(RichText::new(s).small().weak());
+            }
+            let Some(maps) = &view.maps else { return };
+            if caption.as_ref() != Some(&view.caption) {
+                ui.label(
+                    RichText::new("These maps were for an earlier caption: show them again.")
+                        .small()
+                        .weak(),
+                );
+                return;
+            }
+            let i = app
+                .hovered_token
+                .or(app.selected_token)
+                .unwrap_or(0)
+                .min(maps.tokens.len().saturating_sub(1));
+            let (Some(t), Some(c)) = (maps.tokens.get(i), app.status.output.caption.as_ref())
+            else {
+                return;
+            };
+            let text = c.tokens.get(i).map(token_label).unwrap_or_default();
+            ui.label(format!(
+                "Token {} {text:?} (hover another token of the caption for its maps)",
+                i + 1
+            ));
+            ui.horizontal_top(|ui| {
+                match (&t.heatmap, app.ws.query.as_ref()) {
+                    (Some(h), Some(q)) => heatmap(ui, q, h, maps.grid),
+                    (None, _) => {
+                        ui.label(
+                            RichText::new(
+                                "Under v1's attention a generated token attends to no image.",
+                            )
+                            .small(),
+                        );
+                    }
+                    _ => {}
+                }
+                ui.vertical(|ui| {
+                    ui.label(RichText::new("Self-attention on").small().strong());
+                    egui::Grid::new("spans").show(ui, |ui| {
+                        for (label, m) in maps.spans.iter().zip(&t.spans) {
+                            ui.label(RichText::new(label).small());
+                            let (rect, _) =
+                                ui.allocate_exact_size(egui::vec2(140.0, 10.0), Sense::hover());
+                            let mut bar = rect;
+                            bar.set_width(rect.width() * m.clamp(0.0, 1.0));
+                            ui.painter().rect_filled(bar, 2.0, SURE);
+                            ui.label(RichText::new(format!("{:.0} %", m * 100.0)).small());
+                            ui.end_row();
+                        }
+                    });
+                });
+            });
+        });
+}
+
+/// The query image with the heatmap over the centre crop the model sees (darkened outside).
+fn heatmap(ui: &mut Ui, q: &super::state::ImageItem, h: &[f32], grid: usize) {
+    let Some(tex) = &q.thumb else { return };
+    let size = tex.size_vec2();
+    let scale = 220.0 / size.x.max(size.y);
+    let r = ui
+        .add(egui::Image::new(tex).fit_to_exact_size(size * scale))
+        .rect;
+    let side = r.width().min(r.height());
+    let crop = egui::Rect::from_center_size(r.center(), egui::vec2(side, side));
+    let p = ui.painter_at(r);
+    for out in [
+        egui::Rect::from_min_max(r.min, egui::pos2(crop.min.x, r.max.y)),
+        egui::Rect::from_min_max(egui::pos2(crop.max.x, r.min.y), r.max),
+        egui::Rect::from_min_max(r.min, egui::pos2(r.max.x, crop.min.y)),
+        egui::Rect::from_min_max(egui::pos2(r.min.x, crop.max.y), r.max),
+    ] {
+        if out.is_positive() {
+            p.rect_filled(out, 0.0, Color32::from_black_alpha(150));
+        }
+    }
+    let grid = grid.max(1);
+    let max = h.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+    let cell = side / grid as f32;
+    for (k, v) in h.iter().enumerate() {
+        let min = crop.min + egui::vec2((k % grid) as f32 * cell, (k / grid) as f32 * cell);
+        let a = (v / max).clamp(0.0, 1.0);
+        p.rect_filled(
+            egui::Rect::from_min_size(min, egui::vec2(cell, cell)),
+            0.0,
+            Color32::from_rgba_unmultiplied(255, 60, 40, (a * 170.0) as u8),
+        );
+    }
+    p.rect_stroke(
+        crop,
+        0.0,
+        egui::Stroke::new(1.0, Color32::WHITE),
+        egui::StrokeKind::Inside,
+    );
 }

@@ -99,6 +99,8 @@ pub struct FlamingoApp {
     pub editing_variant: bool,
     /// The output token whose alternatives are shown (to branch from).
     pub selected_token: Option<usize>,
+    /// The output token last under the pointer (its attention maps are shown).
+    pub hovered_token: Option<usize>,
 }
 
 impl FlamingoApp {
@@ -156,6 +158,7 @@ impl FlamingoApp {
             stable_for_snapshots: opts.stable_for_snapshots,
             editing_variant: false,
             selected_token: None,
+            hovered_token: None,
         };
         app.restore_working_set();
         if opts.autoload {

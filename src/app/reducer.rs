@@ -42,6 +42,8 @@ pub enum Command {
     RunSweep,
     /// Rescore the current caption with each example left out and with them reversed.
     Ablate,
+    /// Where each token of the current caption looked (attention maps).
+    Explain,
     /// Continue the current caption from its token `step` replaced by `token` (an
     /// alternative); the caption it came from stays one click away.
     Branch {
@@ -136,6 +138,7 @@ impl FlamingoApp {
             Command::Generate => self.generate(),
             Command::RunSweep => self.run_sweep(),
             Command::Ablate => self.ablate(),
+            Command::Explain => self.explain(),
             Command::Branch { step, token } => self.branch(step, token),
             Command::RestoreOriginal => {
                 if let Some((original, _)) = self.status.output.branched_from.take() {
@@ -478,6 +481,16 @@ impl FlamingoApp {
             let job = self.engine.ablate(req, caption.token_ids());
             self.status
                 .ablation_started(job, caption.raw_text.clone(), examples);
+        }
+    }
+
+    fn explain(&mut self) {
+        let Some(caption) = self.status.output.caption.as_ref().map(|c| c.token_ids()) else {
+            return self.error("Generate a caption first: the maps are its tokens'.".into());
+        };
+        if let Some(req) = self.request_for_job() {
+            let job = self.engine.explain(req, caption.clone());
+            self.status.attention_started(job, caption);
         }
     }
 

@@ -42,6 +42,8 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
             ui.add_space(8.0);
             super::icl_view::ablation_area(app, ui, &mut cmds);
             ui.add_space(8.0);
+            super::icl_view::attention_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
             ranking(app, ui, &mut cmds);
             ui.add_space(8.0);
             prompt_preview(app, ui, &mut cmds);

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
 pub use crate::generate::{GenerationConfig, Timings};
+pub use crate::pipeline::attention::{AttentionMaps, TokenAttention};
 use crate::pipeline::icl::SweepEvent;
 pub use crate::pipeline::icl::{default_counts, Ablation};
 pub use crate::pipeline::{
@@ -65,6 +66,12 @@ pub enum Request {
     /// What each example did to `caption` (token ids): rescored with each left out and with
     /// the examples reversed.
     Ablate {
+        job: JobId,
+        request: Box<CaptionRequest>,
+        caption: Vec<u32>,
+    },
+    /// Where each token of `caption` looked (attention maps).
+    Explain {
         job: JobId,
         request: Box<CaptionRequest>,
         caption: Vec<u32>,
@@ -183,6 +190,10 @@ pub enum Event {
         job: JobId,
         ablation: Ablation,
     },
+    Explained {
+        job: JobId,
+        maps: AttentionMaps,
+    },
     Scored {
         job: JobId,
         ranked: Vec<(String, f32)>,
@@ -221,6 +232,9 @@ impl std::fmt::Debug for Event {
                 write!(f, "AblateProgress({job}, {done}/{total})")
             }
             Event::Ablated { job, ablation } => write!(f, "Ablated({job}, {ablation:?})"),
+            Event::Explained { job, maps } => {
+                write!(f, "Explained({job}, {} tokens)", maps.tokens.len())
+            }
             Event::Scored { job, ranked } => write!(f, "Scored({job}, {ranked:?})"),
             Event::Prepared(p) => write!(f, "Prepared({p:?})"),
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
@@ -328,6 +342,17 @@ impl Engine {
     pub fn ablate(&mut self, request: CaptionRequest, caption: Vec<u32>) -> JobId {
         let job = self.new_job();
         let _ = self.tx.send(Request::Ablate {
+            job,
+            request: Box::new(request),
+            caption,
+        });
+        job
+    }
+
+    /// Queues the attention maps of `caption` (token ids) and returns the job's id.
+    pub fn explain(&mut self, request: CaptionRequest, caption: Vec<u32>) -> JobId {
+        let job = self.new_job();
+        let _ = self.tx.send(Request::Explain {
             job,
             request: Box::new(request),
             caption,
@@ -587,6 +612,27 @@ fn run(
                 });
                 match res {
                     Ok(ablation) => send(Event::Ablated { job, ablation }),
+                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
+                    Err(e) => send(Event::Failed {
+                        job,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Request::Explain {
+                job,
+                request,
+                caption,
+            } => {
+                let Some(c) = model.as_ref() else {
+                    send(Event::Failed {
+                        job,
+                        error: "no model is loaded yet".into(),
+                    });
+                    continue;
+                };
+                match c.attention_maps(&request, &caption, &cancel) {
+                    Ok(maps) => send(Event::Explained { job, maps }),
                     Err(Error::Cancelled) => send(Event::Cancelled { job }),
                     Err(e) => send(Event::Failed {
                         job,

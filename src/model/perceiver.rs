@@ -74,8 +74,14 @@ impl PerceiverAttention {
             split_heads(&v, HEADS)?,
         );
         let scale = (DIM_HEAD as f64).powf(-0.5);
-        self.to_out
-            .forward(&crate::nn::attention::attention(&q, &k, &v, scale, None)?)
+        self.to_out.forward(&crate::nn::attention::attention(
+            crate::nn::attention::Site::Perceiver,
+            &q,
+            &k,
+            &v,
+            scale,
+            None,
+        )?)
     }
 }
 

@@ -201,8 +201,15 @@ impl GatedCrossAttention {
         let q = split_heads(&self.to_q.forward(&h)?, HEADS)?;
         let scale = (DIM_HEAD as f64).powf(-0.5);
         // Tokens before the first image see no media: their output is zeroed.
-        let o = crate::nn::attention::attention(&q, &kv.k, &kv.v, scale, Some(&mask.bias))?
-            .broadcast_mul(&mask.has_media.to_dtype(q.dtype())?)?;
+        let o = crate::nn::attention::attention(
+            crate::nn::attention::Site::Cross,
+            &q,
+            &kv.k,
+            &kv.v,
+            scale,
+            Some(&mask.bias),
+        )?
+        .broadcast_mul(&mask.has_media.to_dtype(q.dtype())?)?;
         let o = self.to_out.forward(&o)?;
         let x = (x + o.broadcast_mul(&self.attn_gate)?)?;
         let f = self.ff.forward(&x)?;

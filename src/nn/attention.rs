@@ -23,7 +23,7 @@ pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor>
         .permute((2, 0, 3, 1, 4))?;
     let part = |i| qkv.narrow(0, i, 1)?.squeeze(0);
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-    attention(&q, &k, &v, (hd as f64).powf(-0.5), None)
+    attention(Site::Vision, &q, &k, &v, (hd as f64).powf(-0.5), None)
 }
 
 /// The sizes of one head's attention: `tq` queries and `tk` keys of `d` values, and the scale
@@ -90,6 +90,64 @@ unsafe fn one_head(
     }
 }
 
+/// Which attention a call of [`attention`] is, as a recording tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The vision tower's self-attention over an image's patches.
+    Vision,
+    /// The perceiver's latents over an image's patches and themselves.
+    Perceiver,
+    /// Text over the images' latents (a gated cross-attention block).
+    Cross,
+    /// The language model's self-attention.
+    SelfAttention,
+}
+
+/// One recorded attention: its site and weights `softmax(scale q kᵀ + bias)` [B, H, Tq, Tk]
+/// in f32.
+pub type Recorded = (Site, Tensor);
+
+thread_local! {
+    static RECORDING: std::cell::RefCell<Option<Vec<Recorded>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the weights of every [`attention`] it calls on this thread recorded, in call
+/// order (like PyTorch's `output_attentions`, for explaining a caption; the ordinary path never
+/// forms the weights). Recording is off again afterwards, also when `f` fails.
+pub fn recording<R>(f: impl FnOnce() -> R) -> (R, Vec<Recorded>) {
+    let before = RECORDING.with(|r| r.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let recorded = RECORDING.with(|r| std::mem::replace(&mut *r.borrow_mut(), before));
+    (out, recorded.unwrap_or_default())
+}
+
+/// Adds the weights of this call to the recording when one is on.
+fn record(
+    site: Site,
+    q: &Tensor,
+    k: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<()> {
+    if !RECORDING.with(|r| r.borrow().is_some()) {
+        return Ok(());
+    }
+    let f32 = candle_core::DType::F32;
+    let att = (q.to_dtype(f32)? * scale)?.matmul(&k.contiguous()?.to_dtype(f32)?.t()?)?;
+    let att = match bias {
+        Some(t) => att.broadcast_add(&t.to_dtype(f32)?)?,
+        None => att,
+    };
+    let w = candle_nn::ops::softmax_last_dim(&att)?;
+    RECORDING.with(|r| {
+        if let Some(v) = r.borrow_mut().as_mut() {
+            v.push((site, w));
+        }
+    });
+    Ok(())
+}
+
 /// Multi-head attention: `softmax(scale q kᵀ + bias) v` for queries `q` [B, H, Tq, D] over
 /// keys and values `k`, `v` [B, H, Tk, D], with `bias` [B or 1, H or 1, Tq, Tk] added to the
 /// scores; the result has the heads side by side again, [B, Tq, H·D], as an output
@@ -99,6 +157,7 @@ unsafe fn one_head(
 /// head after another, on rayon's pool where a product is large, through five more
 /// operations. Elsewhere candle's operations.
 pub fn attention(
+    site: Site,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -128,6 +187,7 @@ pub fn attention(
             [b, h, tq, tk]
         )
     }
+    record(site, q, k, scale, bias)?;
     if b * h * tq * d == 0 || tk == 0 {
         // No keys: nothing to attend to (the callers zero such rows), as candle's product
         // over an empty dimension gives.
@@ -348,7 +408,7 @@ mod tests {
             let (kb, vb) = (r(&[b, h, tk + 7, d]), r(&[b, h, tk + 7, d]));
             let (k, v) = (kb.narrow(2, 0, tk).unwrap(), vb.narrow(2, 0, tk).unwrap());
             for bias in [None, Some(r(&[1, h, tq, tk])), Some(r(&[b, 1, tq, tk]))] {
-                let got = attention(&q, &k, &v, 0.3, bias.as_ref()).unwrap();
+                let got = attention(Site::SelfAttention, &q, &k, &v, 0.3, bias.as_ref()).unwrap();
                 let mut att = (&q * 0.3)
                     .unwrap()
                     .matmul(&k.contiguous().unwrap().t().unwrap())
@@ -368,12 +428,12 @@ mod tests {
                 assert!(diff < 1e-5, "{b}x{h}x{tq}x{tk}x{d}: {diff}");
             }
             let wrong = r(&[b, h, tq + 1, tk]);
-            assert!(attention(&q, &k, &v, 0.3, Some(&wrong)).is_err());
+            assert!(attention(Site::SelfAttention, &q, &k, &v, 0.3, Some(&wrong)).is_err());
         }
         // No keys: zeros.
         let q = r(&[1, 2, 3, 4]);
         let none = Tensor::zeros((1, 2, 0, 4), DType::F32, &dev).unwrap();
-        let z = attention(&q, &none, &none, 1.0, None).unwrap();
+        let z = attention(Site::SelfAttention, &q, &none, &none, 1.0, None).unwrap();
         assert_eq!(z.dims(), &[1, 3, 8]);
         assert_eq!(max_abs_diff(&z, &z.zeros_like().unwrap()), 0.0);
     }

@@ -4,6 +4,7 @@
 //! and every strategy (greedy, sampling, beam search, scoring, batches) starts from that
 //! state. The CLI and the engine thread both use this.
 
+pub mod attention;
 mod caches;
 pub mod icl;
 pub mod request;

@@ -289,7 +289,14 @@ impl Decoder for GptNeoX {
         };
         let (k, v) = cache.append(k, v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let o = crate::nn::attention::attention(&q, &k, &v, scale, Some(&step.bias))?;
+        let o = crate::nn::attention::attention(
+            crate::nn::attention::Site::SelfAttention,
+            &q,
+            &k,
+            &v,
+            scale,
+            Some(&step.bias),
+        )?;
         let x = (x + l.dense.forward(&o)?)?;
         let m =
             l.up.forward_then(&l.ln_2.forward(&x)?, Activation::GeluErf)?;

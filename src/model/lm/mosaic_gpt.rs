@@ -353,7 +353,14 @@ impl Decoder for MosaicGpt {
             .cfg
             .softmax_scale
             .unwrap_or(1.0 / ((d / nh) as f64).sqrt());
-        let o = crate::nn::attention::attention(&q, &k, &v, scale, Some(&step.bias))?;
+        let o = crate::nn::attention::attention(
+            crate::nn::attention::Site::SelfAttention,
+            &q,
+            &k,
+            &v,
+            scale,
+            Some(&step.bias),
+        )?;
         let x = (x + blk.out_proj.forward(&o)?)?;
         let m = blk
             .mlp_up
