@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{DType, Device};
+use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::Device;
 
 use super::converted::ConvertCache;
+use super::gguf::Entry;
 use super::gguf::GgufFile;
 use super::pickle::read_tensor_file;
 use super::{Recorded, TensorStore};
@@ -317,42 +318,33 @@ pub(crate) fn write_model_cache(
     record: Vec<(String, Recorded)>,
 ) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
-    let mut tensors: Vec<(String, std::sync::Arc<QTensor>)> = Vec::new();
+    let mut tensors: Vec<(String, Entry)> = Vec::new();
     for (name, r) in record {
         if !seen.insert(name.clone()) {
             continue;
         }
-        let dense = |t: candle_core::Tensor, d: GgmlDType| -> Result<_> {
-            Ok(std::sync::Arc::new(QTensor::quantize(
-                &t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-                d,
-            )?))
-        };
-        let q = match r {
+        let e = match r {
             Recorded::Plain(t) | Recorded::Linear(LinearWeight::Dense(t)) => {
-                dense(t, GgmlDType::F32)?
+                Entry::Dense(t, GgmlDType::F32)
             }
-            Recorded::Linear(LinearWeight::F16(t)) => dense(t, GgmlDType::F16)?,
-            Recorded::Linear(LinearWeight::Quantized(q, _)) => q,
+            Recorded::Linear(LinearWeight::F16(t)) => Entry::Dense(t, GgmlDType::F16),
+            Recorded::Linear(LinearWeight::Quantized(q, _)) => Entry::Quantized(q),
         };
-        tensors.push((name, q));
+        tensors.push((name, e));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp: PathBuf = crate::platform::temp_beside(path);
-    let layout = gguf_file::Value::String(MODEL_LAYOUT.into());
-    let fmt = gguf_file::Value::String(format.name().into());
-    let refs: Vec<(&str, &QTensor)> = tensors
-        .iter()
-        .map(|(n, q)| (n.as_str(), q.as_ref()))
-        .collect();
     let written = (|| -> Result<()> {
         let mut f =
             std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        gguf_file::write(
+        super::gguf::write(
             &mut f,
-            &[("flamingo.layout", &layout), ("flamingo.format", &fmt)],
-            &refs,
+            &[
+                ("flamingo.layout", MODEL_LAYOUT),
+                ("flamingo.format", format.name()),
+            ],
+            &tensors,
         )?;
         use std::io::Write;
         f.flush().map_err(|e| Error::io(&tmp, e))?;
