@@ -95,6 +95,15 @@ impl<'a> Vb<'a> {
         self.check(&full, t, shape)
     }
 
+    /// The tensor `name` of shape [any, `width`]: a table whose row count the file decides
+    /// (an embedding resized for added tokens). Read once.
+    pub fn get_rows(&self, width: usize, name: &str) -> Result<Tensor> {
+        let full = self.full(name);
+        let t = self.src.tensor(&full)?;
+        let rows = t.dims().first().copied().unwrap_or(0);
+        self.check(&full, t, &[rows, width])
+    }
+
     /// The tensor `name`, whatever its shape.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
         self.src.tensor(&self.full(name))

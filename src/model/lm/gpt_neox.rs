@@ -189,9 +189,9 @@ impl GptNeoX {
     fn load(lm: &Vb, ckpt: &Vb, cfg: &GptNeoXConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
-        let embed = ckpt.get_any("embed")?;
+        // Read once: a second read while the first is held would double its ~0.8 GB (7B).
+        let embed = ckpt.get_rows(d, "embed")?;
         let vocab = embed.dim(0)?;
-        let embed = ckpt.get(&[vocab, d], "embed")?;
         let g = lm.pp("gpt_neox");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {

@@ -179,9 +179,9 @@ impl Llama {
         let d = cfg.hidden_size;
         let m = cfg.intermediate_size;
         let eps = cfg.rms_norm_eps;
-        let embed = ckpt.get_any("embed")?;
+        // Read once: a second read while the first is held would double its ~0.8 GB (7B).
+        let embed = ckpt.get_rows(d, "embed")?;
         let vocab = embed.dim(0)?;
-        let embed = ckpt.get(&[vocab, d], "embed")?;
         let g = lm.pp("model");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
