@@ -4,6 +4,8 @@ weights (no download), timed the same way, printed as the same JSON keys.
 
     python tests/reference/bench_reference.py --shape 3b --mosaic-gpt-code /path/to/mpt_redpajama
     ... --device cuda --dtypes f32,f16   (on a GPU; later dtypes come as sub-objects)
+    python tests/reference/bench_reference.py --shape 4b --mosaic-gpt-code /unused
+        (OpenFlamingo-4B: RedPajama-INCITE-3B, transformers' own GPT-NeoX; about 16 GB)
 """
 
 import argparse
@@ -22,13 +24,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("FLAMINGO_FIXTURES", ROOT / "tests/fixtures"))
 TOKENIZER_DIR = next((FIXTURES / "hf/hub/models--anas-awadalla--mpt-1b-redpajama-200b/snapshots").iterdir())
+NEOX_DIR = FIXTURES / "hf-neox/hub/models--togethercomputer--RedPajama-INCITE-Base-3B-v1/snapshots"
 
 SHAPES = {
     "tiny": ({"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
              {"d_model": 32, "n_heads": 4, "n_layers": 4}),
     "3b": ({"image_size": 224, "layers": 24, "width": 1024, "head_width": 64, "patch_size": 14},
            {"d_model": 2048, "n_heads": 16, "n_layers": 24}),
+    # RedPajama-INCITE-Base-3B-v1's config.json (the fixture's, at the real sizes).
+    "4b": ({"image_size": 224, "layers": 24, "width": 1024, "head_width": 64, "patch_size": 14},
+           {"hidden_size": 2560, "num_attention_heads": 32, "num_hidden_layers": 32,
+            "intermediate_size": 10240, "vocab_size": 50432}),
 }
+# Cross-attention every n layers, as released.
+EVERY = {"tiny": 1, "3b": 1, "4b": 2}
 
 
 def main():
@@ -60,23 +69,39 @@ def run():
         "embed_dim": 768, "quick_gelu": True, "vision_cfg": vcfg,
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}))
     open_clip.add_model_config(str(work / f"{clip_name}.json"))
-    lm_dir = work / "mpt-1b-redpajama-200b"
-    lm_dir.mkdir()
-    for f in Path(a.mosaic_gpt_code).glob("*.py"):
-        shutil.copy(f, lm_dir / f.name)
-    cfg = json.loads((TOKENIZER_DIR / "config.json").read_text())
-    cfg.update(lcfg)
-    cfg["auto_map"] = {"AutoConfig": "configuration_mosaic_gpt.MosaicGPTConfig",
-                       "AutoModelForCausalLM": "mosaic_gpt.MosaicGPT"}
-    (lm_dir / "config.json").write_text(json.dumps(cfg))
     from transformers import AutoConfig, AutoModelForCausalLM
-    lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(lm_dir), trust_remote_code=True),
-                                          trust_remote_code=True)
+    if a.shape == "4b":
+        # The folder's name makes open_flamingo's factory treat it as RedPajama-INCITE.
+        lm_dir = work / "RedPajama-INCITE-Base-3B-v1"
+        lm_dir.mkdir()
+        src = next(NEOX_DIR.iterdir())
+        for f in src.iterdir():
+            if f.name != "pytorch_model.bin":
+                shutil.copy(f, lm_dir / f.name)
+        cfg = json.loads((src / "config.json").read_text())
+        cfg.update(lcfg)
+        (lm_dir / "config.json").write_text(json.dumps(cfg))
+        tok_dir = lm_dir
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(lm_dir)))
+    else:
+        lm_dir = work / "mpt-1b-redpajama-200b"
+        lm_dir.mkdir()
+        for f in Path(a.mosaic_gpt_code).glob("*.py"):
+            shutil.copy(f, lm_dir / f.name)
+        cfg = json.loads((TOKENIZER_DIR / "config.json").read_text())
+        cfg.update(lcfg)
+        cfg["auto_map"] = {"AutoConfig": "configuration_mosaic_gpt.MosaicGPTConfig",
+                           "AutoModelForCausalLM": "mosaic_gpt.MosaicGPT"}
+        (lm_dir / "config.json").write_text(json.dumps(cfg))
+        tok_dir = TOKENIZER_DIR
+        lm = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(str(lm_dir), trust_remote_code=True), trust_remote_code=True)
     lm.save_pretrained(str(lm_dir), safe_serialization=False)
     del lm
     t0 = time.perf_counter()
-    model, _, tok = create_model_and_transforms(clip_name, None, str(lm_dir), str(TOKENIZER_DIR),
-                                                cross_attn_every_n_layers=1, use_local_files=True)
+    model, _, tok = create_model_and_transforms(clip_name, None, str(lm_dir), str(tok_dir),
+                                                cross_attn_every_n_layers=EVERY[a.shape],
+                                                use_local_files=True)
     model.eval()
     build_s = time.perf_counter() - t0
     shutil.rmtree(work)
