@@ -39,6 +39,13 @@ pub enum Error {
     Tokenizer(String),
     #[error("prompt: {0}")]
     Prompt(String),
+    /// A request the model or the pipeline cannot take (not about the prompt's text).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "the model's output at generation step {step} is not a number (NaN or infinite): its weights or configuration are damaged"
+    )]
+    NotFinite { step: usize },
     #[error(
         "the prompt and the tokens to generate need {needed} tokens, but the model's context holds {limit}"
     )]
@@ -53,8 +60,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// candle's message without the backtrace it carries when `RUST_BACKTRACE` is set: a
+/// message is for the user, the backtrace is in the logs' business.
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -455,7 +455,7 @@ fn ranking_candidates_in_the_app_matches_the_reference() {
         app.apply(Command::Score);
     }
     wait_until(&mut h, "the ranking", |a| {
-        a.status.output.state == RunState::Done
+        a.status.ranking_state == RunState::Done
     });
     let got: Vec<String> = h
         .state()
@@ -770,4 +770,27 @@ fn where_it_looked_follows_the_token_under_the_pointer() {
     assert_eq!(h.state().hovered_token, Some(2));
     assert!(h.query_by_label_contains("Token 3 ").is_some());
     h.snapshot("attention");
+}
+
+/// Rank after Generate: the caption stays in Output (it used to go back to its placeholder).
+#[test]
+fn ranking_keeps_the_caption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 4;
+    h.get_by_label("Generate").click();
+    wait_until(&mut h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+    let caption = h.state().status.output.raw.clone();
+    h.state_mut().ws.candidates = "a cat\nan astronaut".into();
+    h.state_mut().apply(Command::Score);
+    wait_until(&mut h, "the ranking", |a| {
+        a.status.ranking_state == RunState::Done
+    });
+    assert_eq!(h.state().status.ranked.len(), 2);
+    let o = &h.state().status.output;
+    assert_eq!((o.state.clone(), o.raw.clone()), (RunState::Done, caption));
+    assert!(o.caption.is_some());
 }

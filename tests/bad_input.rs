@@ -143,3 +143,83 @@ fn the_cli_refuses_a_bomb_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("huge.png") && err.contains("pixels"), "{err}");
 }
+
+fn caption_cli(extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", fixtures().join("hf"))
+        .env("RUST_BACKTRACE", "1")
+        .arg("caption")
+        .arg(fixtures().join("images").join("rocket.jpg"))
+        .args(["--max-new-tokens", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Temperatures that would overflow the scores (or make every token equal) are refused with
+/// the range; so are other decoding values that are not numbers.
+#[test]
+fn extreme_decoding_values_are_refused() {
+    for t in ["1e-30", "0", "1e30", "NaN", "inf"] {
+        let out = caption_cli(&["--do-sample", "--temperature", t]);
+        assert_eq!(out.status.code(), Some(1), "temperature {t}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("temperature must be between 0.01 and 100"),
+            "{t}: {err}"
+        );
+        assert!(!err.contains("stack backtrace"), "{err}");
+    }
+    let out = caption_cli(&["--repetition-penalty", "NaN"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("repetition_penalty"));
+    // A temperature in range is fine.
+    assert!(caption_cli(&["--do-sample", "--temperature", "0.7"])
+        .status
+        .success());
+}
+
+/// Logits that are not numbers (damaged weights) are a clear error, never a caption.
+#[test]
+fn non_finite_logits_are_an_error() {
+    use flamingo::generate::{decode, GenerateOptions, Generated};
+    let c = flamingo::pipeline::Captioner::load_from(
+        &hub("hf"),
+        flamingo::hub::DEFAULT_MODEL,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let latents = candle_core::Tensor::zeros(
+        (1, 1, 64, 64),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut s = c.model.session(&latents).unwrap();
+    let prompt = vec![c.tokenizer.media_id, 500, 501];
+    let logits = s.forward(std::slice::from_ref(&prompt)).unwrap();
+    let nan = (logits * f64::NAN).unwrap();
+    let err = decode(
+        &mut s,
+        &nan,
+        &prompt,
+        &GenerateOptions {
+            eos_id: c.tokenizer.eoc_id,
+            config: flamingo::generate::GenerationConfig {
+                max_new_tokens: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+        &mut Generated::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, flamingo::Error::NotFinite { step: 0 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a number"), "{err}");
+}

@@ -176,6 +176,9 @@ pub struct EngineStatus {
     pub attention: AttentionView,
     /// The last ranking of candidates, best first: (text, summed log-probability).
     pub ranked: Vec<(String, f32)>,
+    /// The ranking job (its own: a ranking leaves the caption in Output alone).
+    pub ranking_job: Option<JobId>,
+    pub ranking_state: RunState,
     /// What the last preparation did (status bar).
     pub prepared: Option<Prepared>,
     /// Counts a prompt's tokens with the loaded model's tokenizer.
@@ -194,6 +197,8 @@ impl Default for EngineStatus {
             ablation: AblationView::default(),
             attention: AttentionView::default(),
             ranked: Vec::new(),
+            ranking_job: None,
+            ranking_state: RunState::Idle,
             prepared: None,
             count_tokens: None,
         }
@@ -218,6 +223,7 @@ impl EngineStatus {
             &self.sweep.state,
             &self.ablation.state,
             &self.attention.state,
+            &self.ranking_state,
         ]
         .contains(&&RunState::Running)
     }
@@ -258,6 +264,12 @@ impl EngineStatus {
         };
     }
 
+    pub fn ranking_started(&mut self, job: JobId) {
+        self.ranking_job = Some(job);
+        self.ranking_state = RunState::Running;
+        self.ranked.clear();
+    }
+
     pub fn attention_started(&mut self, job: JobId, caption: Vec<u32>) {
         self.attention = AttentionView {
             job: Some(job),
@@ -286,6 +298,8 @@ impl EngineStatus {
             Some(&mut self.ablation.state)
         } else if self.attention.job == Some(job) {
             Some(&mut self.attention.state)
+        } else if self.ranking_job == Some(job) {
+            Some(&mut self.ranking_state)
         } else {
             self.output_of(job).map(|o| &mut o.state)
         }
@@ -293,7 +307,6 @@ impl EngineStatus {
 
     /// Folds one event in (`task`: the working set's, for post-processing streamed text).
     pub fn apply(&mut self, ev: Event, task: Task) -> Option<Notice> {
-        let mine = |job: JobId, out: &Output| out.job == Some(job);
         match ev {
             Event::Loading { model_id } => {
                 self.download_needed = None;
@@ -385,9 +398,9 @@ impl EngineStatus {
                 self.attention.state = RunState::Done;
             }
             Event::Prepared(p) => self.prepared = Some(p),
-            Event::Scored { job, ranked } if mine(job, &self.output) => {
+            Event::Scored { job, ranked } if self.ranking_job == Some(job) => {
                 self.ranked = ranked;
-                self.output.state = RunState::Done;
+                self.ranking_state = RunState::Done;
             }
             Event::Cancelled { job } => {
                 let tokens = self.output_of(job).map(|o| o.tokens).unwrap_or(0);

@@ -535,8 +535,8 @@ impl FlamingoApp {
         }
         if let Some(req) = self.request_for_job() {
             let job = self.engine.score(req, candidates);
-            self.job_started(job);
-            self.status.ranked.clear();
+            self.status.ranking_started(job);
+            self.frames.reset();
         }
     }
 

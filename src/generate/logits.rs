@@ -46,16 +46,28 @@ impl Default for GenerationConfig {
     }
 }
 
+/// The temperatures a request may ask for.
+pub const MIN_TEMPERATURE: f64 = 0.01;
+pub const MAX_TEMPERATURE: f64 = 100.0;
+
 impl GenerationConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.do_sample && (self.temperature.is_nan() || self.temperature <= 0.0) {
-            return Err("temperature must be > 0 when sampling".into());
+        if !self.length_penalty.is_finite() {
+            return Err("length_penalty must be a number".into());
+        }
+        if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return Err(format!(
+                "temperature must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE} (got {}): \
+                 below, the scores overflow (and it is greedy decoding anyway); above, every \
+                 token is about equally likely",
+                self.temperature
+            ));
         }
         if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err("top_p must be in (0, 1]".into());
         }
-        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
-            return Err("repetition_penalty must be > 0".into());
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err("repetition_penalty must be a number > 0".into());
         }
         if self.num_beams == 0 {
             return Err("num_beams must be at least 1".into());

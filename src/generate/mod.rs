@@ -88,6 +88,15 @@ pub fn logprobs(logits: &[f32], chosen: u32, k: usize) -> (f32, Vec<(u32, f32)>)
     (chosen_lp, top)
 }
 
+/// Logits that are not numbers come from damaged weights or configuration: a clear error,
+/// never a caption of whatever a NaN comparison picks.
+fn check_finite(logits: &[f32], step: usize) -> Result<()> {
+    if logits.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+        return Err(Error::NotFinite { step });
+    }
+    Ok(())
+}
+
 fn last_row(logits: &Tensor) -> Result<Tensor> {
     let t = logits.dim(1)?;
     Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?.squeeze(0)?)
@@ -128,6 +137,7 @@ pub fn decode(
             return Err(Error::Cancelled);
         }
         let v: Vec<f32> = row.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        check_finite(&v, step)?;
         let next = match opts.forced.get(step) {
             Some(&t) => t,
             None => logits::choose(&v, &seq, step, cfg, opts.eos_id, &opts.suppress, &mut rng),
@@ -200,6 +210,7 @@ pub fn decode_batch(
             if finished[r] {
                 continue;
             }
+            check_finite(&rows[r], step)?;
             let t = logits::choose(
                 &rows[r],
                 &seqs[r],

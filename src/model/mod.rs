@@ -217,7 +217,7 @@ impl Flamingo {
             }
             5 => images.dims5()?,
             r => {
-                return Err(Error::Prompt(format!(
+                return Err(Error::Invalid(format!(
                     "images must be (B, C, H, W) or (B, T_img, C, H, W), got rank {r}"
                 )))
             }
@@ -330,7 +330,7 @@ impl Session<'_> {
     ) -> Result<Tensor> {
         let m = self.model;
         if ids.len() != self.st.batch {
-            return Err(Error::Prompt(format!(
+            return Err(Error::Invalid(format!(
                 "batch of {} rows for a session of {}",
                 ids.len(),
                 self.st.batch
@@ -338,7 +338,7 @@ impl Session<'_> {
         }
         let t = ids.first().map(|r| r.len()).unwrap_or(0);
         if t == 0 || ids.iter().any(|r| r.len() != t) {
-            return Err(Error::Prompt(
+            return Err(Error::Invalid(
                 "rows must be non-empty and of equal length".into(),
             ));
         }
@@ -351,7 +351,7 @@ impl Session<'_> {
         }
         let vocab = m.vocab_size() as u32;
         if let Some(bad) = ids.iter().flatten().find(|&&id| id >= vocab) {
-            return Err(Error::Prompt(format!(
+            return Err(Error::Invalid(format!(
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
@@ -412,7 +412,7 @@ impl Session<'_> {
     pub fn add_images(&mut self, latents: &Tensor) -> Result<()> {
         let (b, n, l, dv) = latents.dims4()?;
         if b != self.st.batch || (self.st.n_images > 0 && l != self.st.n_latents) {
-            return Err(Error::Prompt(
+            return Err(Error::Invalid(
                 "added images do not match the session".into(),
             ));
         }

@@ -157,7 +157,7 @@ impl VisionTower {
         let p = self.cfg.patch_size;
         let g = self.cfg.grid();
         if c != 3 || hgt != g * p || wid != g * p {
-            return Err(Error::Prompt(format!(
+            return Err(Error::Invalid(format!(
                 "vision input must be [B, 3, {s}, {s}], got {:?}",
                 pixels.dims(),
                 s = g * p

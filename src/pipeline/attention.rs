@@ -73,7 +73,7 @@ impl Captioner {
         let images = read_images(&req.images())?;
         let (query, shots) = images
             .split_last()
-            .ok_or_else(|| Error::Prompt("no query image".into()))?;
+            .ok_or_else(|| Error::Invalid("no query image".into()))?;
         let mut latents = {
             let mut caches = self.lock_caches()?;
             shots

@@ -144,7 +144,7 @@ impl Captioner {
         }
         Ok(rows
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Prompt("the row did not run".into()))))
+            .map(|r| r.unwrap_or_else(|| Err(Error::Invalid("the row did not run".into()))))
             .collect())
     }
 
@@ -168,7 +168,7 @@ impl Captioner {
             s.into_iter()
                 .next()
                 .map(|s| s.logprob)
-                .ok_or_else(|| Error::Prompt("nothing was scored".into()))
+                .ok_or_else(|| Error::Invalid("nothing was scored".into()))
         };
         let logprob = score(req)?;
         let without = (0..n)

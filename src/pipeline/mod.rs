@@ -178,7 +178,7 @@ impl Captioner {
     /// A registered model this version can run.
     pub fn spec(model_id: &str) -> Result<&'static registry::ModelSpec> {
         let spec = registry::find(model_id).ok_or_else(|| {
-            Error::Prompt(format!(
+            Error::Invalid(format!(
                 "unknown model `{model_id}`; known: {}",
                 registry::MODELS
                     .iter()
@@ -188,7 +188,7 @@ impl Captioner {
             ))
         })?;
         if !spec.family.supported() {
-            return Err(Error::Prompt(format!(
+            return Err(Error::Invalid(format!(
                 "{} uses a {:?} language model, which this version cannot run yet",
                 spec.id, spec.family
             )));
@@ -274,7 +274,7 @@ impl Captioner {
     fn lock_caches(&self) -> Result<std::sync::MutexGuard<'_, PromptCaches>> {
         self.caches
             .lock()
-            .map_err(|_| Error::Prompt("the cache lock was poisoned".into()))
+            .map_err(|_| Error::Invalid("the cache lock was poisoned".into()))
     }
 
     /// The one route from an image to its latents [1, num_latents, width]: from the latent
@@ -614,7 +614,7 @@ impl Captioner {
             results.extend(
                 chunk_results
                     .into_iter()
-                    .map(|r| r.unwrap_or_else(|| Err(Error::Prompt("no result".into())))),
+                    .map(|r| r.unwrap_or_else(|| Err(Error::Invalid("no result".into())))),
             );
         }
         Ok(results)

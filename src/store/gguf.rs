@@ -179,7 +179,7 @@ fn dtype_code(d: GgmlDType) -> Result<u32> {
         GgmlDType::Q4K => 12,
         GgmlDType::Q6K => 14,
         other => {
-            return Err(Error::Prompt(format!(
+            return Err(Error::Invalid(format!(
                 "the model cache does not store {other:?} tensors"
             )))
         }
@@ -225,7 +225,7 @@ pub fn write(
         offset += e.bytes() + pad(e.bytes());
     }
     head.extend(std::iter::repeat_n(0u8, pad(head.len())));
-    let io = |e: std::io::Error| Error::Prompt(format!("writing the model cache: {e}"));
+    let io = |e: std::io::Error| Error::Invalid(format!("writing the model cache: {e}"));
     w.write_all(&head).map_err(io)?;
     for (_, e) in tensors {
         match e {
