@@ -21,7 +21,9 @@ fn main() -> std::process::ExitCode {
     } else {
         cli.threads()
     };
-    // A user's RAYON_NUM_THREADS wins over the app's automatic choice.
+    // A user's RAYON_NUM_THREADS wins over the app's automatic choice, within what this
+    // machine can run (a count the system cannot start would fail inside the thread pool).
+    flamingo::platform::check_thread_variable();
     if cli.threads().is_some() || std::env::var_os("RAYON_NUM_THREADS").is_none() {
         flamingo::platform::configure_threads(threads);
     }

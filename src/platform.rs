@@ -149,6 +149,27 @@ pub fn configure_threads(requested: Option<usize>) {
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
 }
 
+/// Replaces a `RAYON_NUM_THREADS` that is not a number from 1 to 4 × the cores with the number
+/// of cores, and says so on stderr. Call before any thread starts.
+pub fn check_thread_variable() {
+    let Some(v) = std::env::var_os("RAYON_NUM_THREADS") else {
+        return;
+    };
+    let max = 4 * cores();
+    let ok = v
+        .to_str()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .is_some_and(|n| (1..=max).contains(&n));
+    if !ok {
+        eprintln!(
+            "warning: RAYON_NUM_THREADS={} is not a thread count from 1 to {max}; using {}",
+            v.to_string_lossy(),
+            cores()
+        );
+        std::env::set_var("RAYON_NUM_THREADS", cores().to_string());
+    }
+}
+
 /// The compute threads in use (candle's count).
 pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()

@@ -223,3 +223,26 @@ fn non_finite_logits_are_an_error() {
     );
     assert!(err.to_string().contains("not a number"), "{err}");
 }
+
+/// A full standard output is an error with a message (no panic); an absurd thread variable is
+/// replaced with a warning.
+#[test]
+#[cfg(unix)]
+fn full_stdout_and_absurd_threads() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1000000")
+        .arg("models")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write to standard output"), "{err}");
+    assert!(err.contains("RAYON_NUM_THREADS=1000000"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -239,7 +239,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             std::fs::metadata(path).map(|m| m.len()).ok().into(),
         );
         out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
-        println!("{}", serde_json::Value::Object(out));
+        outln!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
     let t0 = Instant::now();
@@ -318,7 +318,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         candle_core::utils::get_num_threads().into(),
     );
     out.insert("estimated_peak_bytes".into(), shape.peak_bytes(fmt).into());
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&serde_json::Value::Object(out))?
     );
@@ -621,6 +621,6 @@ pub fn sweep_cost(a: SweepCostArgs) -> anyhow::Result<()> {
         "sweep_over_target": sweep_s / budget,
         "runs": {"cold": cold, "again": again, "sweep": sweep, "sweep_rows": rows_s},
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -1,5 +1,16 @@
 //! The command line: `flamingo caption …`, `flamingo bench …`.
 
+/// `println!` that returns an error instead of panicking when standard output cannot be
+/// written (a full disk, `> /dev/full`). A closed pipe ends the program quietly instead
+/// ([`crate::platform::quiet_broken_pipe`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
+    }};
+}
+
 pub mod bench;
 pub mod npy;
 pub mod progress;
@@ -431,7 +442,7 @@ fn download(model: &str) -> anyhow::Result<()> {
             spec.id, spec.family
         );
     }
-    println!("{}", files.checkpoint.path.display());
+    outln!("{}", files.checkpoint.path.display());
     Ok(())
 }
 
@@ -481,7 +492,7 @@ fn models(json: bool) -> anyhow::Result<()> {
         })
         .collect();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "cache": cache, "machine_memory_gb": total.map(gb), "models": rows
@@ -489,9 +500,9 @@ fn models(json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("Hugging Face cache: {}", cache.display());
+    outln!("Hugging Face cache: {}", cache.display());
     if let Some(t) = total {
-        println!("This machine's memory: {:.1} GB", gb(t));
+        outln!("This machine's memory: {:.1} GB", gb(t));
     }
     for r in rows {
         let mem: Vec<String> = WeightFormat::ALL
@@ -510,7 +521,7 @@ fn models(json: bool) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{}\n    {}, {}, ~{:.1} GB download; memory GB: {}\n    {}",
             r["id"].as_str().unwrap_or(""),
             r["family"].as_str().unwrap_or(""),
@@ -531,7 +542,7 @@ fn models(json: bool) -> anyhow::Result<()> {
             }
         );
         if let Some(note) = r["note"].as_str() {
-            println!("    note: {note}");
+            outln!("    note: {note}");
         }
     }
     Ok(())
@@ -548,7 +559,7 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(text, s)| serde_json::json!({"candidate": text, "logprob": s.logprob, "token_logprobs": s.token_logprobs}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"prompt": req.prompt()?, "ranked": rows})
@@ -556,7 +567,7 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
         );
     } else {
         for (i, (text, s)) in ranked.iter().enumerate() {
-            println!("{:>2}. {:>10.4}  {}", i + 1, s.logprob, text);
+            outln!("{:>2}. {:>10.4}  {}", i + 1, s.logprob, text);
         }
     }
     Ok(())
@@ -618,7 +629,7 @@ fn caption_batch(a: &CaptionArgs, list: &std::path::Path) -> anyhow::Result<()> 
                 serde_json::json!({"image": img, "error": e.to_string()})
             }
         };
-        println!("{line}");
+        outln!("{line}");
     }
     if failed > 0 {
         anyhow::bail!(
@@ -654,9 +665,9 @@ fn caption(a: CaptionArgs) -> anyhow::Result<()> {
     }
     if json {
         let obj = caption_json(&captioner, &res, a.top_logprobs > 0)?;
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        outln!("{}", serde_json::to_string_pretty(&obj)?);
     } else {
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -854,17 +865,17 @@ fn ablate(a: AblateArgs) -> anyhow::Result<()> {
             "model": captioner.model_id, "caption": caption, "token_ids": ids,
             "logprob": ab.logprob, "examples": examples, "reversed": reversed,
         });
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!("caption: {caption}");
-    println!("log p(caption) with all examples: {:.4}", ab.logprob);
-    println!("effect = log p with all − log p without it (positive: the example helped)");
+    outln!("caption: {caption}");
+    outln!("log p(caption) with all examples: {:.4}", ab.logprob);
+    outln!("effect = log p with all − log p without it (positive: the example helped)");
     for (i, (shot, effect)) in req.shots.iter().zip(ab.effects()).enumerate() {
-        println!("{:>3}. {:>+9.4}  {}", i + 1, effect, shot.image.name());
+        outln!("{:>3}. {:>+9.4}  {}", i + 1, effect, shot.image.name());
     }
     if let Some(r) = ab.reversed {
-        println!("reversed order: {:+.4}", ab.logprob - r);
+        outln!("reversed order: {:+.4}", ab.logprob - r);
     }
     Ok(())
 }
