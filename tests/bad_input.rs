@@ -246,3 +246,59 @@ fn full_stdout_and_absurd_threads() {
     assert!(err.contains("RAYON_NUM_THREADS=1000000"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A copy of the tiny model's hub cache (files copied, links followed) to damage.
+fn hub_copy(dir: &std::path::Path) -> std::path::PathBuf {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let target = to.join(e.file_name());
+            if p.is_dir() {
+                copy(&p, &target);
+            } else {
+                std::fs::copy(&p, &target).unwrap();
+            }
+        }
+    }
+    let hub = dir.join("hub");
+    copy(&hub_dir(), &hub);
+    hub
+}
+
+fn hub_dir() -> std::path::PathBuf {
+    fixtures().join("hf").join("hub")
+}
+
+/// A tokenizer.json that lost one of its added tokens would give `<image>` another id than
+/// the model learned: refused, naming the file.
+#[test]
+fn a_tokenizer_that_does_not_match_the_embedding_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_copy(dir.path());
+    let snaps = hub.join("models--anas-awadalla--mpt-1b-redpajama-200b/snapshots");
+    let snap = std::fs::read_dir(&snaps)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let path = snap.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    t["added_tokens"].as_array_mut().unwrap().pop();
+    std::fs::write(&path, t.to_string()).unwrap();
+    let err = flamingo::pipeline::Captioner::load_from(
+        &hub,
+        flamingo::hub::DEFAULT_MODEL,
+        &candle_core::Device::Cpu,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("50279") && err.contains("50280"),
+        "{err}"
+    );
+}

@@ -228,9 +228,15 @@ impl Captioner {
             cache.as_ref(),
         )?;
         model.prepare_weights()?;
-        if tokenizer.vocab_size() > model.vocab_size() {
+        // OpenFlamingo sized the embedding to its tokenizer with `<|endofchunk|>`, `<image>`
+        // (and a pad token) added: any other count means a damaged or foreign tokenizer whose
+        // added tokens would get other ids than the model learned.
+        if tokenizer.vocab_size() != model.vocab_size() {
             return Err(Error::Tokenizer(format!(
-                "the tokenizer has {} tokens but the checkpoint's embedding only {} rows",
+                "{} has {} tokens with OpenFlamingo's added ones, but the checkpoint's embedding \
+                 has {} rows: `<image>` and `<|endofchunk|>` would get other ids than the model \
+                 learned (a damaged or foreign tokenizer file)",
+                files.tokenizer.display(),
                 tokenizer.vocab_size(),
                 model.vocab_size()
             )));
