@@ -69,10 +69,24 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     Ok(flatten_on_white(img))
 }
 
+/// Whether a JPEG's data ends before its end-of-image marker: no `FF D9` after the last
+/// start-of-scan (`FF DA`). Data a camera appends after the marker is allowed.
+fn is_truncated_jpeg(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(i) => !bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 /// JPEG through libjpeg (mozjpeg's build of libjpeg-turbo's decoder), as PIL decodes it: the
 /// `image` crate's pure-Rust decoders differ from it by up to 11 levels on 4:2:0 chroma.
 /// libjpeg reports fatal errors by unwinding, which is caught here.
 fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if is_truncated_jpeg(bytes) {
+        // libjpeg fills the missing rows with grey and only warns; PIL refuses the file.
+        return Err("the JPEG is truncated (its data ends before the end-of-image marker)".into());
+    }
     let corrupt = |e: std::io::Error| format!("corrupt or unsupported JPEG ({e})");
     let decoded = std::panic::catch_unwind(|| -> std::result::Result<_, String> {
         let d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;

@@ -302,3 +302,26 @@ fn a_tokenizer_that_does_not_match_the_embedding_is_refused() {
         "{err}"
     );
 }
+
+/// A truncated JPEG is refused (PIL's "image file is truncated"), not captioned from the grey
+/// rows libjpeg fills in; data after the end-of-image marker is fine.
+#[test]
+fn truncated_jpegs_are_refused() {
+    let full = fixture("rocket.jpg");
+    for cut in [full.len() / 2, full.len() - 2] {
+        let err = decode_rgb(&full[..cut], "cut.jpg").unwrap_err().to_string();
+        assert!(
+            err.contains("cut.jpg") && err.contains("truncated"),
+            "{cut}: {err}"
+        );
+    }
+    let mut trailing = full.clone();
+    trailing.extend(b"trailing bytes a camera appended");
+    let a = decode_rgb(&full, "a.jpg").unwrap();
+    let b = decode_rgb(&trailing, "b.jpg").unwrap();
+    assert_eq!(a.as_raw(), b.as_raw());
+    // Every fixture JPEG still decodes.
+    for name in ["rocket.jpg", "synth_333x500.jpg", "synth_exif_rot6.jpg"] {
+        decode_rgb(&fixture(name), name).unwrap();
+    }
+}
