@@ -462,7 +462,7 @@ fn ranking_candidates_in_the_app_matches_the_reference() {
         .status
         .ranked
         .iter()
-        .map(|(t, _)| t.clone())
+        .map(|(t, _, _)| t.clone())
         .collect();
     let mut want: Vec<(f64, String)> = cands
         .iter()
@@ -793,4 +793,72 @@ fn ranking_keeps_the_caption() {
     let o = &h.state().status.output;
     assert_eq!((o.state.clone(), o.raw.clone()), (RunState::Done, caption));
     assert!(o.caption.is_some());
+}
+
+/// Remove, New set and a reset of the templates can be undone (Set → Undo, Ctrl+Z).
+#[test]
+fn removals_and_replaced_sets_can_be_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let names = |a: &FlamingoApp| -> Vec<String> {
+        a.ws.examples.iter().map(|e| e.image.name.clone()).collect()
+    };
+    let before = names(h.state());
+    let id = h.state().ws.examples[1].id;
+    h.state_mut().apply(Command::RemoveExample(id));
+    h.state_mut().apply(Command::NewSet);
+    assert!(h.state().ws.examples.is_empty());
+    h.run();
+    h.get_by_label("Set").click();
+    h.run();
+    h.get_by_label("Undo new set").click();
+    h.run();
+    assert_eq!(names(h.state()).len(), 2, "back to before New");
+    // Ctrl+Z with no text field focused.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run();
+    assert_eq!(
+        names(h.state()),
+        before,
+        "the removed example is back, in its place"
+    );
+    assert!(h.state().undo_label().is_none());
+}
+
+/// Where no file dialog opens, the app says so and takes a typed path instead.
+#[test]
+fn without_a_file_dialog_a_path_can_be_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let n = h.state().ws.examples.len();
+    let no_dialog = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+        && std::process::Command::new("zenity")
+            .arg("--version")
+            .output()
+            .is_err();
+    if no_dialog {
+        // The real button: the dialog cannot open here, and the app says so.
+        h.get_by_label("Add images…").click();
+        wait_until(&mut h, "the message", |a| {
+            a.messages.iter().any(|m| m.text.contains("No file dialog"))
+        });
+    } else {
+        h.state_mut()
+            .offer_path_entry(flamingo::app::PathFor::Images(
+                flamingo::app::DropTarget::Examples,
+            ));
+        h.run();
+    }
+    let path = img("rocket.jpg").display().to_string();
+    let field = h.get_by_role(egui::accesskit::Role::TextInput);
+    field.focus();
+    field.type_text(&path);
+    h.run();
+    h.get_by_label("OK").click();
+    wait_until(&mut h, "the image", |a| {
+        a.ws.examples.len() == n + 1 && a.loading_images == 0
+    });
+    assert_eq!(h.state().ws.examples[n].image.name, "rocket.jpg");
 }

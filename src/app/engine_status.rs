@@ -175,7 +175,7 @@ pub struct EngineStatus {
     pub ablation: AblationView,
     pub attention: AttentionView,
     /// The last ranking of candidates, best first: (text, summed log-probability).
-    pub ranked: Vec<(String, f32)>,
+    pub ranked: Vec<(String, f32, usize)>,
     /// The ranking job (its own: a ranking leaves the caption in Output alone).
     pub ranking_job: Option<JobId>,
     pub ranking_state: RunState,

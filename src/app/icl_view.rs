@@ -28,9 +28,10 @@ fn shade(logprob: f32) -> Color32 {
     c.gamma_multiply(0.15 + 0.55 * (1.0 - p))
 }
 
+/// A token as shown: the end-of-chunk token (no text of its own) as `[end]`.
 fn token_label(t: &TokenInfo) -> String {
     if t.text.is_empty() {
-        "⏎".to_string()
+        "[end]".to_string()
     } else {
         t.text.clone()
     }
@@ -596,17 +597,8 @@ fn heatmap(ui: &mut Ui, q: &super::state::ImageItem, h: &[f32], grid: usize) {
         .rect;
     let side = r.width().min(r.height());
     let crop = egui::Rect::from_center_size(r.center(), egui::vec2(side, side));
+    super::ui::shade_outside_crop(ui, r);
     let p = ui.painter_at(r);
-    for out in [
-        egui::Rect::from_min_max(r.min, egui::pos2(crop.min.x, r.max.y)),
-        egui::Rect::from_min_max(egui::pos2(crop.max.x, r.min.y), r.max),
-        egui::Rect::from_min_max(r.min, egui::pos2(r.max.x, crop.min.y)),
-        egui::Rect::from_min_max(egui::pos2(r.min.x, crop.max.y), r.max),
-    ] {
-        if out.is_positive() {
-            p.rect_filled(out, 0.0, Color32::from_black_alpha(150));
-        }
-    }
     let grid = grid.max(1);
     let max = h.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
     let cell = side / grid as f32;

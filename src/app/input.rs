@@ -15,19 +15,44 @@ pub(crate) enum DialogResult {
     Nothing(String),
     Open(PathBuf),
     Save(PathBuf),
+    /// The file dialog for this did not open (no xdg portal or zenity on this desktop).
+    Unavailable(PathFor),
 }
 
+/// What a file dialog (or the path typed instead of it) is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathFor {
+    Images(DropTarget),
+    Open,
+    Save,
+}
+
+/// A dialog that gives nothing sooner than this after it was asked for did not open: nobody
+/// picks or cancels that fast.
+const DIALOG_FAILED_WITHIN: std::time::Duration = std::time::Duration::from_millis(400);
+
 impl FlamingoApp {
+    /// Runs a dialog (or a clipboard read) off the UI thread. A file dialog (`for_`) that
+    /// gives nothing at once did not open: the app then says so and offers a path field.
     pub(super) fn spawn_dialog(
         &self,
+        for_: Option<PathFor>,
         fut: impl std::future::Future<Output = Option<DialogResult>> + Send + 'static,
     ) {
         let tx = self.dialog_tx.clone();
         let ctx = self.ctx.clone();
+        let t0 = std::time::Instant::now();
         let _ = std::thread::Builder::new()
             .name("flamingo-dialog".into())
             .spawn(move || {
-                if let Some(r) = pollster::block_on(fut) {
+                let r = match (pollster::block_on(fut), for_) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(f)) if t0.elapsed() < DIALOG_FAILED_WITHIN => {
+                        Some(DialogResult::Unavailable(f))
+                    }
+                    (None, _) => None,
+                };
+                if let Some(r) = r {
                     let _ = tx.send(r);
                     ctx.request_repaint();
                 }

@@ -35,7 +35,7 @@ pub use diagnostics::FrameStats;
 pub use download_view::DownloadView;
 pub use engine_status::{EngineStatus, ModelState, Output, RunState};
 use images::ImageLoader;
-pub use input::paths_in_text;
+pub use input::{paths_in_text, PathFor};
 pub use reducer::{Command, DropTarget};
 use state::{ImageItem, Settings, WorkingSet};
 
@@ -101,6 +101,10 @@ pub struct FlamingoApp {
     pub selected_token: Option<usize>,
     /// The output token last under the pointer (its attention maps are shown).
     pub hovered_token: Option<usize>,
+    /// Earlier working sets for Undo: what changed, the set, whether the variant was edited.
+    undo: Vec<(String, WorkingSet, bool)>,
+    /// A path typed where no file dialog opens: what it is for and the text so far.
+    pub(crate) path_entry: Option<(input::PathFor, String)>,
 }
 
 impl FlamingoApp {
@@ -159,6 +163,8 @@ impl FlamingoApp {
             editing_variant: false,
             selected_token: None,
             hovered_token: None,
+            undo: Vec::new(),
+            path_entry: None,
         };
         app.restore_working_set();
         if opts.autoload {
@@ -189,6 +195,11 @@ impl FlamingoApp {
 
     pub fn set_drop_rects(&mut self, examples: egui::Rect, query: egui::Rect) {
         self.drop_rects = [examples, query];
+    }
+
+    /// Offers a path field for what a file dialog was for (where no dialog opens).
+    pub fn offer_path_entry(&mut self, for_: PathFor) {
+        self.path_entry = Some((for_, String::new()));
     }
 
     /// Where the examples panel and the query area were drawn last frame.

@@ -64,7 +64,7 @@ impl FlamingoApp {
         match state::set_from_json(&samples::sample_set_json()) {
             Ok(set) => {
                 self.install_set(set);
-                self.info("Welcome! Sample examples are loaded: press Generate to caption the query, then change the examples and see the caption change.".into());
+                self.info("Welcome! Sample examples are loaded: once the model is ready (top bar), press Generate to caption the query, then change the examples and see the caption change.".into());
             }
             Err(e) => self.error(format!("The sample set is damaged: {e}")),
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::engine_status::{ModelState, Notice, Output};
 use super::images::{Loaded, Source, Target};
-use super::input::{read_clipboard, DialogResult};
+use super::input::{read_clipboard, DialogResult, PathFor};
 use super::state::{self, Example, ImageItem, WorkingSet};
 use super::{image_input, FlamingoApp, PREPARE_AFTER};
 use crate::engine::{CaptionRequest, ImageInput, Shot};
@@ -83,7 +83,16 @@ pub enum Command {
     OpenSet(PathBuf),
     SaveSet(PathBuf),
     DismissMessage(usize),
+    /// Use the typed path for what the file dialog was for (where no dialog opens).
+    SubmitPath,
+    CancelPath,
+    /// Bring back the working set as it was before the last removal, new set, opened set,
+    /// kept variant or template reset.
+    Undo,
 }
+
+/// How many earlier working sets Undo can go back to.
+const UNDO_STEPS: usize = 20;
 
 impl FlamingoApp {
     /// The one place where commands change the state.
@@ -106,6 +115,14 @@ impl FlamingoApp {
                 }
             }
             Command::RemoveExample(id) => {
+                let name = self
+                    .ws
+                    .examples
+                    .iter()
+                    .find(|e| e.id == id)
+                    .map(|e| e.image.name.clone())
+                    .unwrap_or_default();
+                self.remember(format!("remove {name}"));
                 self.ws.examples.retain(|e| e.id != id);
                 self.mark_dirty();
             }
@@ -126,6 +143,7 @@ impl FlamingoApp {
                 self.mark_dirty();
             }
             Command::ResetTemplates => {
+                self.remember("reset the templates".into());
                 *self.ws.templates_mut() = Templates::for_task(self.ws.task);
                 self.mark_dirty();
             }
@@ -165,6 +183,7 @@ impl FlamingoApp {
                 }
             }
             Command::KeepSet { variant } => {
+                self.remember("keep one set".into());
                 if variant != self.editing_variant {
                     self.swap_sets();
                 }
@@ -202,6 +221,7 @@ impl FlamingoApp {
                 self.engine.load(&id, self.settings.weights, false);
             }
             Command::NewSet => {
+                self.remember("new set".into());
                 self.ws = WorkingSet::new();
                 self.editing_variant = false;
                 self.status.output = Output::default();
@@ -212,7 +232,7 @@ impl FlamingoApp {
                 let dlg = rfd::AsyncFileDialog::new()
                     .add_filter("Images", &["png", "jpg", "jpeg", "webp", "gif", "bmp"])
                     .pick_files();
-                self.spawn_dialog(async move {
+                self.spawn_dialog(Some(PathFor::Images(to)), async move {
                     dlg.await.map(|v| {
                         DialogResult::Images(to, v.iter().map(|h| h.path().to_path_buf()).collect())
                     })
@@ -220,13 +240,13 @@ impl FlamingoApp {
             }
             Command::PasteImage(to) => {
                 // The clipboard can block briefly on X11: read it off the UI thread.
-                self.spawn_dialog(async move { Some(read_clipboard(to)) });
+                self.spawn_dialog(None, async move { Some(read_clipboard(to)) });
             }
             Command::OpenSetDialog => {
                 let dlg = rfd::AsyncFileDialog::new()
                     .add_filter("Flamingo prompt set", &["json"])
                     .pick_file();
-                self.spawn_dialog(async move {
+                self.spawn_dialog(Some(PathFor::Open), async move {
                     dlg.await
                         .map(|h| DialogResult::Open(h.path().to_path_buf()))
                 });
@@ -236,7 +256,7 @@ impl FlamingoApp {
                     .add_filter("Flamingo prompt set", &["json"])
                     .set_file_name(format!("examples.{}", state::SET_EXTENSION))
                     .save_file();
-                self.spawn_dialog(async move {
+                self.spawn_dialog(Some(PathFor::Save), async move {
                     dlg.await
                         .map(|h| DialogResult::Save(h.path().to_path_buf()))
                 });
@@ -246,6 +266,7 @@ impl FlamingoApp {
                 .and_then(|t| state::set_from_json(&t))
             {
                 Ok(set) => {
+                    self.remember(format!("open {}", path.display()));
                     self.install_set(set);
                     self.status.output = Output::default();
                     self.remember_recent(path);
@@ -269,6 +290,30 @@ impl FlamingoApp {
             Command::DismissMessage(i) => {
                 if i < self.messages.len() {
                     self.messages.remove(i);
+                }
+            }
+            Command::SubmitPath => {
+                if let Some((for_, text)) = self.path_entry.take() {
+                    let path = PathBuf::from(text.trim());
+                    match for_ {
+                        PathFor::Images(to) => self.apply(Command::AddImages {
+                            sources: vec![Source::Path(path)],
+                            to,
+                        }),
+                        PathFor::Open => self.apply(Command::OpenSet(path)),
+                        PathFor::Save => self.apply(Command::SaveSet(path)),
+                    }
+                }
+            }
+            Command::CancelPath => self.path_entry = None,
+            Command::Undo => {
+                if self.loading_images > 0 {
+                    self.error("Images are still being added; undo once they are in.".into());
+                } else if let Some((what, ws, editing)) = self.undo.pop() {
+                    self.ws = ws;
+                    self.editing_variant = editing;
+                    self.info(format!("Undone: {what}."));
+                    self.mark_dirty();
                 }
             }
         }
@@ -370,6 +415,20 @@ impl FlamingoApp {
             let job = self.engine.generate(req);
             self.job_started(job);
         }
+    }
+
+    /// Keeps the working set as it is now, for Undo (`what` names the change coming).
+    fn remember(&mut self, what: String) {
+        self.undo
+            .push((what, self.ws.clone(), self.editing_variant));
+        if self.undo.len() > UNDO_STEPS {
+            self.undo.remove(0);
+        }
+    }
+
+    /// What Undo would undo.
+    pub fn undo_label(&self) -> Option<&str> {
+        self.undo.last().map(|(w, _, _)| w.as_str())
     }
 
     /// The working set (A), wherever it is while the variant is edited.
@@ -616,6 +675,15 @@ impl FlamingoApp {
                 DialogResult::Nothing(why) => self.error(why),
                 DialogResult::Open(p) => self.apply(Command::OpenSet(p)),
                 DialogResult::Save(p) => self.apply(Command::SaveSet(p)),
+                DialogResult::Unavailable(for_) => {
+                    self.error(
+                        "No file dialog could be opened on this desktop (it needs \
+                         xdg-desktop-portal or zenity). Drop files onto the window, paste them \
+                         (Ctrl+V), or type the path below."
+                            .into(),
+                    );
+                    self.offer_path_entry(for_);
+                }
             }
         }
     }

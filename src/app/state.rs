@@ -53,6 +53,10 @@ pub struct Settings {
     pub prepare_ahead: bool,
     /// Which image text attends to; None: the model's own.
     pub media_attention: Option<crate::types::MediaAttention>,
+    /// Darken what the model does not see of the query image (outside the centre crop).
+    pub show_crop: bool,
+    /// Order ranked candidates by their mean log-probability per token instead of the sum.
+    pub rank_by_mean: bool,
 }
 
 impl Default for Settings {
@@ -66,6 +70,8 @@ impl Default for Settings {
             weights: crate::types::WeightFormat::Q8_0,
             prepare_ahead: true,
             media_attention: None,
+            show_crop: false,
+            rank_by_mean: false,
         }
     }
 }

@@ -21,6 +21,13 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
     {
         cmds.push(Command::Stop);
     }
+    // Ctrl/Cmd+Z undoes a removal or a replaced set, unless a text field has the keyboard
+    // (it undoes its own typing).
+    if !ctx.egui_wants_keyboard_input()
+        && ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Z))
+    {
+        cmds.push(Command::Undo);
+    }
     egui::Panel::top("top").show(ui, |ui| top_bar(app, ui, &mut cmds));
     egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
     let examples_rect = egui::Panel::left("examples")
@@ -65,6 +72,17 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             }
             if ui.button("Save as…").clicked() {
                 cmds.push(Command::SaveSetDialog);
+            }
+            let undo = app.undo_label().map(|w| format!("Undo {w}"));
+            if ui
+                .add_enabled(
+                    undo.is_some(),
+                    egui::Button::new(undo.as_deref().unwrap_or("Undo")),
+                )
+                .on_hover_text("Ctrl+Z")
+                .clicked()
+            {
+                cmds.push(Command::Undo);
             }
             if !app.settings.recent_sets.is_empty() {
                 ui.separator();
@@ -523,8 +541,18 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
                     if let Some(t) = &q.thumb {
                         let size = t.size_vec2();
                         let scale = (220.0 / size.x.max(size.y)).min(1.5);
-                        ui.add(egui::Image::new(t).fit_to_exact_size(size * scale));
+                        let r = ui
+                            .add(egui::Image::new(t).fit_to_exact_size(size * scale))
+                            .rect;
+                        if app.settings.show_crop {
+                            shade_outside_crop(ui, r);
+                        }
                     }
+                    ui.checkbox(&mut app.settings.show_crop, "What the model sees")
+                        .on_hover_text(
+                            "The model sees the centre square of the image (shorter side resized \
+                             to 224 pixels); the darkened parts are cut away.",
+                        );
                     ui.label(
                         RichText::new(format!("{} ({}×{})", q.name, q.size[0], q.size[1])).small(),
                     );
@@ -559,12 +587,20 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
             ui.horizontal(|ui| {
                 let running = app.is_running();
                 let ready = matches!(app.status.model, ModelState::Ready(_));
+                let has_query = app.ws.query.is_some();
                 if ui
                     .add_enabled(
-                        !running && ready,
+                        !running && ready && has_query,
                         egui::Button::new(RichText::new("Generate").strong())
                             .fill(ACCENT.gamma_multiply(0.6)),
                     )
+                    .on_disabled_hover_text(if !has_query {
+                        "Drop a query image first."
+                    } else if !ready {
+                        "The model is not loaded yet (Model, at the top)."
+                    } else {
+                        "Running: Stop first."
+                    })
                     .clicked()
                 {
                     cmds.push(Command::Generate);
@@ -594,10 +630,29 @@ fn ranking(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             cmds.push(Command::Score);
         }
         if !app.status.ranked.is_empty() {
+            ui.horizontal(|ui| {
+                ui.label(RichText::new("Order by").small());
+                ui.selectable_value(&mut app.settings.rank_by_mean, false, "sum")
+                    .on_hover_text("log p of the whole text: favours short texts");
+                ui.selectable_value(&mut app.settings.rank_by_mean, true, "per token")
+                    .on_hover_text("log p divided by the text's tokens: length-neutral");
+            });
+            let mut rows = app.status.ranked.clone();
+            let mean = |lp: f32, n: usize| lp / n.max(1) as f32;
+            if app.settings.rank_by_mean {
+                rows.sort_by(|a, b| mean(b.1, b.2).total_cmp(&mean(a.1, a.2)));
+            }
             egui::Grid::new("ranked").striped(true).show(ui, |ui| {
-                for (i, (text, lp)) in app.status.ranked.iter().enumerate() {
+                for h in ["", "log p", "per token", "p", "tokens", "text"] {
+                    ui.label(RichText::new(h).small().strong());
+                }
+                ui.end_row();
+                for (i, (text, lp, n)) in rows.iter().enumerate() {
                     ui.label(format!("{}.", i + 1));
                     ui.label(format!("{lp:.3}"));
+                    ui.label(format!("{:.3}", mean(*lp, *n)));
+                    ui.label(format!("{:.2e}", lp.exp()));
+                    ui.label(n.to_string());
                     ui.label(text);
                     ui.end_row();
                 }
@@ -679,6 +734,29 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
 }
 
 fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
+    if let Some((for_, text)) = &mut app.path_entry {
+        ui.horizontal(|ui| {
+            let label = ui.label(match for_ {
+                super::input::PathFor::Images(_) => "Image file path:",
+                super::input::PathFor::Open => "Prompt set to open:",
+                super::input::PathFor::Save => "Save the set as:",
+            });
+            let r = ui
+                .add(
+                    egui::TextEdit::singleline(text)
+                        .desired_width(360.0)
+                        .id_salt("path-entry"),
+                )
+                .labelled_by(label.id);
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui.button("OK").clicked() || enter {
+                cmds.push(Command::SubmitPath);
+            }
+            if ui.button("Cancel").clicked() {
+                cmds.push(Command::CancelPath);
+            }
+        });
+    }
     for (i, m) in app.messages.iter().enumerate().rev().take(4) {
         let color = if m.error {
             Color32::from_rgb(120, 40, 40)
@@ -773,4 +851,22 @@ fn hovering_files_overlay(ctx: &egui::Context) {
         egui::FontId::proportional(20.0),
         Color32::WHITE,
     );
+}
+
+/// Darkens what the model does not see of an image drawn in `r`: everything outside the
+/// centre square (open_clip's resize of the shorter side, then a centre crop).
+pub(super) fn shade_outside_crop(ui: &Ui, r: egui::Rect) {
+    let side = r.width().min(r.height());
+    let crop = egui::Rect::from_center_size(r.center(), egui::vec2(side, side));
+    let p = ui.painter_at(r);
+    for out in [
+        egui::Rect::from_min_max(r.min, egui::pos2(crop.min.x, r.max.y)),
+        egui::Rect::from_min_max(egui::pos2(crop.max.x, r.min.y), r.max),
+        egui::Rect::from_min_max(r.min, egui::pos2(r.max.x, crop.min.y)),
+        egui::Rect::from_min_max(egui::pos2(r.min.x, crop.max.y), r.max),
+    ] {
+        if out.is_positive() {
+            p.rect_filled(out, 0.0, Color32::from_black_alpha(150));
+        }
+    }
 }

@@ -196,7 +196,8 @@ pub enum Event {
     },
     Scored {
         job: JobId,
-        ranked: Vec<(String, f32)>,
+        /// Best first: (text, summed log-probability, its number of tokens).
+        ranked: Vec<(String, f32, usize)>,
     },
     /// A `Prepare` request ran (also when it found everything done already).
     Prepared(Prepared),
@@ -509,7 +510,10 @@ fn run(
                 match c.score(&request, &candidates, &cancel) {
                     Ok(r) => send(Event::Scored {
                         job,
-                        ranked: r.into_iter().map(|(t, s)| (t, s.logprob)).collect(),
+                        ranked: r
+                            .into_iter()
+                            .map(|(t, s)| (t, s.logprob, s.token_logprobs.len()))
+                            .collect(),
                     }),
                     Err(Error::Cancelled) => send(Event::Cancelled { job }),
                     Err(e) => send(Event::Failed {
