@@ -862,3 +862,74 @@ fn without_a_file_dialog_a_path_can_be_typed() {
     });
     assert_eq!(h.state().ws.examples[n].image.name, "rocket.jpg");
 }
+
+/// Ten generations are kept with their settings across a restart; two pinned ones show side
+/// by side; the export writes one JSON line per result; a caption whose set changed is marked
+/// stale.
+#[test]
+fn every_result_is_kept_pinned_compared_and_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    for i in 0..10 {
+        h.state_mut().settings.max_new_tokens = 2 + i % 3;
+        h.state_mut().apply(Command::Generate);
+        wait_until(&mut h, "the caption", |a| {
+            a.status.output.state == RunState::Done
+        });
+    }
+    assert!(h.query_by_label("stale").is_none());
+    // A caption edit makes the output stale (it stays in the history).
+    h.state_mut().ws.examples[0].text.caption = "Something else.".into();
+    h.state_mut().mark_dirty();
+    h.run();
+    assert!(h.query_by_label("stale").is_some());
+    h.state_mut().save_working_set_now().unwrap();
+    drop(h);
+
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let history = h.state().ws.history.clone();
+    assert_eq!(history.len(), 10);
+    for (i, e) in history.iter().enumerate() {
+        assert_eq!(
+            e.generation.max_new_tokens,
+            2 + i % 3,
+            "entry {i}'s settings"
+        );
+        assert_eq!(e.examples.len(), 3);
+        assert_eq!(e.source, "working set");
+        assert!(!e.text.is_empty() || e.tokens > 0);
+    }
+    h.get_by_label("History (10)").click();
+    h.run();
+    let pins: Vec<_> = h.get_all_by_label("pin").collect();
+    assert_eq!(pins.len(), 10);
+    pins[0].click();
+    h.run();
+    h.get_all_by_label("pin").nth(3).unwrap().click();
+    h.run();
+    assert_eq!(h.state().ws.history.iter().filter(|e| e.pinned).count(), 2);
+    assert!(h.query_by_label("Pinned, side by side").is_some());
+    h.snapshot("history");
+
+    // Export (no file dialog here: the typed path).
+    let out = dir.path().join("history.jsonl");
+    h.state_mut()
+        .offer_path_entry(flamingo::app::PathFor::Export(
+            flamingo::app::history::ExportFormat::Jsonl,
+        ));
+    h.run();
+    let field = h.get_by_role(egui::accesskit::Role::TextInput);
+    field.focus();
+    field.type_text(&out.display().to_string());
+    h.run();
+    h.get_by_label("OK").click();
+    h.run();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 10);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["generation"]["max_new_tokens"].is_number() && v["model_id"].is_string());
+    }
+}

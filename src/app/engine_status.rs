@@ -41,6 +41,9 @@ pub struct Output {
     /// When this caption is a branch: the caption it branched from (one click brings it
     /// back) and the step where the chosen alternative was forced.
     pub branched_from: Option<(Caption, usize)>,
+    /// What it was made from (the set's [`super::FlamingoApp::fingerprint`]): when the set
+    /// has changed since, the output is marked stale.
+    pub made_from: Option<String>,
 }
 
 impl Default for Output {
@@ -57,6 +60,7 @@ impl Default for Output {
             timings: None,
             caption: None,
             branched_from: None,
+            made_from: None,
         }
     }
 }

@@ -88,15 +88,28 @@ fn token_text(
 
 /// One output column: its state, the caption (token by token once finished) and, for the
 /// set in the panels, the selected token's alternatives to branch from.
+/// How an output column is shown.
+struct Column<'a> {
+    title: Option<&'a str>,
+    /// Its set is the one in the panels (its tokens can be branched from).
+    in_panels: bool,
+    /// Its set changed since it was generated.
+    stale: bool,
+}
+
 fn output_column(
     ui: &mut Ui,
     o: &Output,
-    title: Option<&str>,
+    col: Column<'_>,
     selected: &mut Option<usize>,
     hovered: &mut Option<usize>,
-    in_panels: bool,
     cmds: &mut Vec<Command>,
 ) {
+    let Column {
+        title,
+        in_panels,
+        stale,
+    } = col;
     ui.horizontal(|ui| {
         if let Some(t) = title {
             ui.label(RichText::new(t).strong());
@@ -104,6 +117,13 @@ fn output_column(
         let s = state_text(&o.state, "generating…");
         if !s.is_empty() {
             ui.label(RichText::new(s).small().weak());
+        }
+        if stale && o.caption.is_some() {
+            ui.label(RichText::new("stale").small().color(UNSURE))
+                .on_hover_text(
+                    "The examples, their order, the templates, the task or the query changed \
+                 since this was generated; it stays in the history.",
+                );
         }
     });
     egui::Frame::canvas(ui.style())
@@ -223,6 +243,12 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
     });
     let mut selected = app.selected_token;
     let mut hovered = None;
+    // Whether an output was made from a set other than that set is now.
+    let stale_in = |o: &super::engine_status::Output, ws: &super::state::WorkingSet| {
+        o.made_from
+            .as_ref()
+            .is_some_and(|m| *m != app.fingerprint(ws))
+    };
     if app.ws.variant.is_some() {
         // Column A is always the working set, B the variant.
         let (a, b) = if app.editing_variant {
@@ -231,6 +257,12 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
             (&app.status.output, &app.status.variant_output)
         };
         let editing_b = app.editing_variant;
+        let (set_a, set_b) = match (&app.ws.variant, editing_b) {
+            (Some(v), false) => (&app.ws, &**v),
+            (Some(v), true) => (&**v, &app.ws),
+            (None, _) => (&app.ws, &app.ws),
+        };
+        let stale = [stale_in(a, set_a), stale_in(b, set_b)];
         ui.columns(2, |cols| {
             for (k, (o, title)) in [(a, "A: working set"), (b, "B: variant")]
                 .into_iter()
@@ -238,15 +270,12 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
             {
                 let ui = &mut cols[k];
                 let in_panels = (k == 1) == editing_b;
-                output_column(
-                    ui,
-                    o,
-                    Some(title),
-                    &mut selected,
-                    &mut hovered,
+                let col = Column {
+                    title: Some(title),
                     in_panels,
-                    cmds,
-                );
+                    stale: stale[k],
+                };
+                output_column(ui, o, col, &mut selected, &mut hovered, cmds);
                 if ui
                     .small_button("Keep this one")
                     .on_hover_text("This set becomes the working set; the other goes.")
@@ -257,13 +286,18 @@ pub fn output_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) 
             }
         });
     } else {
+        let stale = stale_in(&app.status.output, &app.ws);
+        let col = Column {
+            title: None,
+            in_panels: true,
+            stale,
+        };
         output_column(
             ui,
             &app.status.output,
-            None,
+            col,
             &mut selected,
             &mut hovered,
-            true,
             cmds,
         );
     }

@@ -15,6 +15,7 @@ pub(crate) enum DialogResult {
     Nothing(String),
     Open(PathBuf),
     Save(PathBuf),
+    Export(super::history::ExportFormat, PathBuf),
     /// The file dialog for this did not open (no xdg portal or zenity on this desktop).
     Unavailable(PathFor),
 }
@@ -25,6 +26,7 @@ pub enum PathFor {
     Images(DropTarget),
     Open,
     Save,
+    Export(super::history::ExportFormat),
 }
 
 /// A dialog that gives nothing sooner than this after it was asked for did not open: nobody

@@ -14,6 +14,8 @@
 mod diagnostics;
 mod download_view;
 mod engine_status;
+pub mod history;
+mod history_view;
 mod icl_view;
 pub mod images;
 mod input;
@@ -105,6 +107,10 @@ pub struct FlamingoApp {
     undo: Vec<(String, WorkingSet, bool)>,
     /// A path typed where no file dialog opens: what it is for and the text so far.
     pub(crate) path_entry: Option<(input::PathFor, String)>,
+    /// What each running generation was asked, for its history entry.
+    pending: std::collections::HashMap<crate::engine::JobId, history::HistoryEntry>,
+    /// The running sweep's job and request (its rows go into the history).
+    pending_sweep: Option<(crate::engine::JobId, crate::engine::CaptionRequest)>,
 }
 
 impl FlamingoApp {
@@ -165,6 +171,8 @@ impl FlamingoApp {
             hovered_token: None,
             undo: Vec::new(),
             path_entry: None,
+            pending: Default::default(),
+            pending_sweep: None,
         };
         app.restore_working_set();
         if opts.autoload {
@@ -181,6 +189,12 @@ impl FlamingoApp {
 
     pub fn error(&mut self, text: String) {
         self.messages.push(Message { text, error: true });
+    }
+
+    /// The working set changed in what it keeps (its history) but not in what a prompt is
+    /// made of: saved soon, nothing prepared again.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty_since.get_or_insert_with(Instant::now);
     }
 
     pub fn mark_dirty(&mut self) {

@@ -97,6 +97,7 @@ impl FlamingoApp {
         ws.caption_templates = set.caption_templates;
         ws.vqa_templates = set.vqa_templates;
         ws.sweep = set.sweep;
+        ws.history = set.history;
         for (name, bytes, text, enabled) in set.examples {
             self.loading_images += 1;
             let target = if as_variant {

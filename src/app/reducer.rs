@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::engine_status::{ModelState, Notice, Output};
+use super::history::{ExportFormat, HistoryEntry};
 use super::images::{Loaded, Source, Target};
 use super::input::{read_clipboard, DialogResult, PathFor};
 use super::state::{self, Example, ImageItem, WorkingSet};
@@ -83,6 +84,12 @@ pub enum Command {
     OpenSet(PathBuf),
     SaveSet(PathBuf),
     DismissMessage(usize),
+    /// Pin or unpin the history's entry at this index.
+    TogglePin(usize),
+    /// Write the history to a file (a save dialog asks where).
+    ExportHistory(ExportFormat),
+    /// Forget the history's unpinned entries (undoable).
+    ClearHistory,
     /// Use the typed path for what the file dialog was for (where no dialog opens).
     SubmitPath,
     CancelPath,
@@ -302,10 +309,33 @@ impl FlamingoApp {
                         }),
                         PathFor::Open => self.apply(Command::OpenSet(path)),
                         PathFor::Save => self.apply(Command::SaveSet(path)),
+                        PathFor::Export(fmt) => self.export_history(fmt, &path),
                     }
                 }
             }
             Command::CancelPath => self.path_entry = None,
+            Command::TogglePin(i) => {
+                let h = &mut self.set_mut(false).history;
+                if let Some(e) = h.get_mut(i) {
+                    e.pinned = !e.pinned;
+                    self.mark_unsaved();
+                }
+            }
+            Command::ClearHistory => {
+                self.remember("clear the history".into());
+                self.set_mut(false).history.retain(|e| e.pinned);
+                self.mark_unsaved();
+            }
+            Command::ExportHistory(fmt) => {
+                let dlg = rfd::AsyncFileDialog::new()
+                    .add_filter("History", &[fmt.extension()])
+                    .set_file_name(format!("flamingo-history.{}", fmt.extension()))
+                    .save_file();
+                self.spawn_dialog(Some(PathFor::Export(fmt)), async move {
+                    dlg.await
+                        .map(|h| DialogResult::Export(fmt, h.path().to_path_buf()))
+                });
+            }
             Command::Undo => {
                 if self.loading_images > 0 {
                     self.error("Images are still being added; undo once they are in.".into());
@@ -412,8 +442,61 @@ impl FlamingoApp {
 
     fn generate(&mut self) {
         if let Some(req) = self.request_for_job() {
+            let asked = self.asked(&req, "working set");
             let job = self.engine.generate(req);
             self.job_started(job);
+            self.pending.insert(job, asked);
+            self.status.output.made_from = Some(self.fingerprint(&self.ws));
+        }
+    }
+
+    /// What a request asks, as a history entry without its result.
+    fn asked(&self, req: &CaptionRequest, source: &str) -> HistoryEntry {
+        HistoryEntry {
+            when: 0,
+            model_id: self.settings.model_id.clone(),
+            weights: self.settings.weights.name().to_string(),
+            source: source.to_string(),
+            task: req.task,
+            prompt: req.prompt().unwrap_or_default(),
+            examples: req.shots.iter().map(|s| s.image.name()).collect(),
+            query: req.query.name(),
+            generation: req.generation.clone(),
+            text: String::new(),
+            raw_text: String::new(),
+            tokens: 0,
+            logprob: 0.0,
+            seconds: 0.0,
+            pinned: false,
+        }
+    }
+
+    /// What a result depends on in a set: its prompt, its images (by name) and the task.
+    pub fn fingerprint(&self, ws: &WorkingSet) -> String {
+        let images: Vec<&str> = ws
+            .examples
+            .iter()
+            .filter(|e| e.enabled)
+            .map(|e| e.image.name.as_str())
+            .chain(ws.query.as_ref().map(|q| q.name.as_str()))
+            .collect();
+        format!(
+            "{:?}\n{}\n{}",
+            ws.task,
+            ws.prompt().unwrap_or_default(),
+            images.join("\n")
+        )
+    }
+
+    fn export_history(&mut self, fmt: ExportFormat, path: &std::path::Path) {
+        let text = fmt.render(&self.set_a().history);
+        match state::write_atomic(path, text.as_bytes()) {
+            Ok(()) => self.info(format!(
+                "Exported {} results to {}",
+                self.set_a().history.len(),
+                path.display()
+            )),
+            Err(e) => self.error(format!("Could not write {}: {e}", path.display())),
         }
     }
 
@@ -494,12 +577,19 @@ impl FlamingoApp {
             return;
         };
         let req = self.request_of(set, image_input(query));
+        let made_from = self.fingerprint(set);
+        let source = if variant { "variant" } else { "working set" };
+        let asked = self.asked(&req, source);
         let job = self.engine.generate(req);
-        if in_panels {
+        self.pending.insert(job, asked);
+        let out = if in_panels {
             self.job_started(job);
+            &mut self.status.output
         } else {
             self.status.variant_job_started(job);
-        }
+            &mut self.status.variant_output
+        };
+        out.made_from = Some(made_from);
     }
 
     fn run_sweep(&mut self) {
@@ -516,7 +606,10 @@ impl FlamingoApp {
                 .filter(|e| e.enabled)
                 .map(|e| e.image.name.clone())
                 .collect();
-            let job = self.engine.sweep(req, counts.clone(), self.ws.sweep.pick());
+            let job = self
+                .engine
+                .sweep(req.clone(), counts.clone(), self.ws.sweep.pick());
+            self.pending_sweep = Some((job, req));
             self.status.sweep_started(job, &counts, names);
             self.frames.reset();
         }
@@ -574,9 +667,12 @@ impl FlamingoApp {
             .branched_from
             .take()
             .unwrap_or((current, step));
+        let asked = self.asked(&req, "branch");
         let job = self.engine.generate(req);
         self.job_started(job);
+        self.pending.insert(job, asked);
         self.status.output.branched_from = Some((original.0, step));
+        self.status.output.made_from = Some(self.fingerprint(&self.ws));
     }
 
     fn score(&mut self) {
@@ -675,6 +771,7 @@ impl FlamingoApp {
                 DialogResult::Nothing(why) => self.error(why),
                 DialogResult::Open(p) => self.apply(Command::OpenSet(p)),
                 DialogResult::Save(p) => self.apply(Command::SaveSet(p)),
+                DialogResult::Export(fmt, p) => self.export_history(fmt, &p),
                 DialogResult::Unavailable(for_) => {
                     self.error(
                         "No file dialog could be opened on this desktop (it needs \
@@ -689,6 +786,35 @@ impl FlamingoApp {
     }
 
     fn on_event(&mut self, ev: crate::engine::Event) {
+        use crate::engine::Event;
+        // A finished result goes into the working set's history with what it was asked.
+        let done = match &ev {
+            Event::Finished { job, caption } => self
+                .pending
+                .remove(job)
+                .map(|a| HistoryEntry::finished(a, caption)),
+            Event::SweepRowFinished {
+                job,
+                row,
+                result: Ok((caption, _)),
+            } => match (&self.pending_sweep, self.status.sweep.rows.get(*row)) {
+                (Some((j, req)), Some(r)) if j == job => {
+                    let req = crate::pipeline::icl::with_examples(req, &r.examples);
+                    let source = format!("{}-shot sweep row", r.shots);
+                    Some(HistoryEntry::finished(self.asked(&req, &source), caption))
+                }
+                _ => None,
+            },
+            Event::Cancelled { job } | Event::Failed { job, .. } => {
+                self.pending.remove(job);
+                None
+            }
+            _ => None,
+        };
+        if let Some(e) = done {
+            super::history::push(&mut self.set_mut(false).history, e);
+            self.mark_unsaved();
+        }
         match self.status.apply(ev, self.ws.task) {
             Some(Notice::Loaded) => {
                 self.prepare_since = Some(Instant::now());

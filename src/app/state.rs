@@ -138,6 +138,8 @@ pub struct WorkingSet {
     pub sweep: SweepSettings,
     /// A second set to compare with, side by side (same query).
     pub variant: Option<Box<WorkingSet>>,
+    /// Every result made with this set, oldest first.
+    pub history: Vec<super::history::HistoryEntry>,
 }
 
 impl WorkingSet {
@@ -226,6 +228,8 @@ struct SetFile {
     /// A variant of the set (its own examples, texts and templates) compared side by side.
     #[serde(default)]
     variant: Option<Box<SetFile>>,
+    #[serde(default)]
+    history: Vec<super::history::HistoryEntry>,
 }
 
 /// A prompt set read from disk, with image bytes (thumbnails are made by the loader).
@@ -238,6 +242,7 @@ pub struct LoadedSet {
     pub query: Option<(String, Arc<[u8]>)>,
     pub sweep: SweepSettings,
     pub variant: Option<Box<LoadedSet>>,
+    pub history: Vec<super::history::HistoryEntry>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -274,6 +279,7 @@ fn set_file(ws: &WorkingSet) -> SetFile {
         query: ws.query.as_ref().map(img),
         sweep: ws.sweep.clone(),
         variant: ws.variant.as_deref().map(|v| Box::new(set_file(v))),
+        history: ws.history.clone(),
     }
 }
 
@@ -319,6 +325,7 @@ fn loaded_set(f: SetFile) -> Result<LoadedSet, String> {
         examples,
         query: f.query.as_ref().map(dec).transpose()?,
         sweep: f.sweep,
+        history: f.history,
         variant: f
             .variant
             .map(|v| loaded_set(*v).map(Box::new))

@@ -51,6 +51,8 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
             ui.add_space(8.0);
             super::icl_view::attention_area(app, ui, &mut cmds);
             ui.add_space(8.0);
+            super::history_view::history_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
             ranking(app, ui, &mut cmds);
             ui.add_space(8.0);
             prompt_preview(app, ui, &mut cmds);
@@ -740,6 +742,7 @@ fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                 super::input::PathFor::Images(_) => "Image file path:",
                 super::input::PathFor::Open => "Prompt set to open:",
                 super::input::PathFor::Save => "Save the set as:",
+                super::input::PathFor::Export(_) => "Export the history to:",
             });
             let r = ui
                 .add(
