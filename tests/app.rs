@@ -933,3 +933,39 @@ fn every_result_is_kept_pinned_compared_and_exported() {
         assert!(v["generation"]["max_new_tokens"].is_number() && v["model_id"].is_string());
     }
 }
+
+/// A saved set holds the decoding, the model and format, and the candidates: opening it
+/// decodes as it was made (and says when the model differs).
+#[test]
+fn a_set_reopens_with_its_decoding_and_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let path = dir.path().join("mine.flamingo.json");
+    {
+        let a = h.state_mut();
+        a.settings.max_new_tokens = 7;
+        a.settings.generation.do_sample = true;
+        a.settings.generation.temperature = 0.7;
+        a.ws.candidates = "a cat\na dog".into();
+        a.apply(Command::SaveSet(path.clone()));
+        a.settings.max_new_tokens = 30;
+        a.settings.generation = Default::default();
+        a.settings.model_id = "openflamingo/OpenFlamingo-9B-vitl-mpt7b".into();
+        a.ws.candidates.clear();
+        a.apply(Command::OpenSet(path));
+    }
+    wait_until(&mut h, "the set", |a| a.loading_images == 0);
+    let a = h.state();
+    assert_eq!(a.settings.max_new_tokens, 7);
+    assert!(a.settings.generation.do_sample);
+    assert_eq!(a.settings.generation.temperature, 0.7);
+    assert_eq!(a.ws.candidates, "a cat\na dog");
+    assert!(
+        a.messages.iter().any(|m| m
+            .text
+            .contains("This set was made with openflamingo/OpenFlamingo-3B")),
+        "{:?}",
+        a.messages
+    );
+}

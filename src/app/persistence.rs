@@ -98,6 +98,8 @@ impl FlamingoApp {
         ws.vqa_templates = set.vqa_templates;
         ws.sweep = set.sweep;
         ws.history = set.history;
+        ws.candidates = set.candidates;
+        ws.run = set.run;
         for (name, bytes, text, enabled) in set.examples {
             self.loading_images += 1;
             let target = if as_variant {
@@ -123,6 +125,7 @@ impl FlamingoApp {
     /// (whichever of them the panels show now).
     pub(super) fn set_to_save(&self) -> WorkingSet {
         let mut a = self.set_a().clone();
+        a.run = Some(state::RunSettings::of(&self.settings));
         if self.editing_variant {
             let mut b = self.ws.clone();
             b.variant = None;

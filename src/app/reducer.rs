@@ -274,6 +274,9 @@ impl FlamingoApp {
             {
                 Ok(set) => {
                     self.remember(format!("open {}", path.display()));
+                    if let Some(run) = &set.run {
+                        self.use_run_settings(run);
+                    }
                     self.install_set(set);
                     self.status.output = Output::default();
                     self.remember_recent(path);
@@ -497,6 +500,21 @@ impl FlamingoApp {
                 path.display()
             )),
             Err(e) => self.error(format!("Could not write {}: {e}", path.display())),
+        }
+    }
+
+    /// Decodes as an opened set was saved with; says which model and format made it when
+    /// they are not the current ones (the user picks the model: it may be a download).
+    fn use_run_settings(&mut self, run: &state::RunSettings) {
+        self.settings.max_new_tokens = run.max_new_tokens;
+        self.settings.generation = run.generation.clone();
+        self.settings.media_attention = run.media_attention;
+        if run.model_id != self.settings.model_id || run.weights != self.settings.weights {
+            self.info(format!(
+                "This set was made with {} in {}; the current model is {} in {}. Pick it in \
+                 Model and Weights to reproduce its results.",
+                run.model_id, run.weights, self.settings.model_id, self.settings.weights
+            ));
         }
     }
 

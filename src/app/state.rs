@@ -76,6 +76,30 @@ impl Default for Settings {
     }
 }
 
+/// How a set's results were made, saved with it so that they can be made again: the model,
+/// its weight format and the decoding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub model_id: String,
+    pub weights: crate::types::WeightFormat,
+    pub max_new_tokens: usize,
+    pub generation: crate::engine::GenerationConfig,
+    #[serde(default)]
+    pub media_attention: Option<crate::types::MediaAttention>,
+}
+
+impl RunSettings {
+    pub fn of(s: &Settings) -> Self {
+        Self {
+            model_id: s.model_id.clone(),
+            weights: s.weights,
+            max_new_tokens: s.max_new_tokens,
+            generation: s.generation.clone(),
+            media_attention: s.media_attention,
+        }
+    }
+}
+
 /// A shot sweep's choices, kept with the set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -140,6 +164,9 @@ pub struct WorkingSet {
     pub variant: Option<Box<WorkingSet>>,
     /// Every result made with this set, oldest first.
     pub history: Vec<super::history::HistoryEntry>,
+    /// The model and decoding it was last saved with (None in a set from before they were
+    /// saved).
+    pub run: Option<RunSettings>,
 }
 
 impl WorkingSet {
@@ -230,6 +257,10 @@ struct SetFile {
     variant: Option<Box<SetFile>>,
     #[serde(default)]
     history: Vec<super::history::HistoryEntry>,
+    #[serde(default)]
+    candidates: String,
+    #[serde(default)]
+    run: Option<RunSettings>,
 }
 
 /// A prompt set read from disk, with image bytes (thumbnails are made by the loader).
@@ -243,6 +274,8 @@ pub struct LoadedSet {
     pub sweep: SweepSettings,
     pub variant: Option<Box<LoadedSet>>,
     pub history: Vec<super::history::HistoryEntry>,
+    pub candidates: String,
+    pub run: Option<RunSettings>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -280,6 +313,8 @@ fn set_file(ws: &WorkingSet) -> SetFile {
         sweep: ws.sweep.clone(),
         variant: ws.variant.as_deref().map(|v| Box::new(set_file(v))),
         history: ws.history.clone(),
+        candidates: ws.candidates.clone(),
+        run: ws.run.clone(),
     }
 }
 
@@ -326,6 +361,8 @@ fn loaded_set(f: SetFile) -> Result<LoadedSet, String> {
         query: f.query.as_ref().map(dec).transpose()?,
         sweep: f.sweep,
         history: f.history,
+        candidates: f.candidates,
+        run: f.run,
         variant: f
             .variant
             .map(|v| loaded_set(*v).map(Box::new))
