@@ -969,3 +969,42 @@ fn a_set_reopens_with_its_decoding_and_candidates() {
         a.messages
     );
 }
+
+/// What would go wrong is said before Generate: a template without `<image>`, an example
+/// without a caption; too many new tokens are capped with a note instead of refused.
+#[test]
+fn invalid_state_is_flagged_and_max_tokens_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().ws.examples[1].text.caption.clear();
+    h.state_mut().ws.caption_templates.shot = "Output:{caption}<|endofchunk|>".into();
+    h.get_by_label("Prompt and templates").click();
+    h.run();
+    assert!(h
+        .query_by_label_contains("No caption: the example goes in with an empty one.")
+        .is_some());
+    assert!(h
+        .query_by_label_contains("<image> markers for 4 images")
+        .is_some());
+    h.state_mut().apply(Command::ResetTemplates);
+    // The tiny model's context is 2048 tokens; with this caption the prompt takes over 100.
+    h.state_mut().ws.examples[1].text.caption = "a long caption ".repeat(30);
+    h.state_mut().settings.max_new_tokens = 2000;
+    h.get_by_label("Generate").click();
+    h.step();
+    assert!(h
+        .state()
+        .messages
+        .iter()
+        .any(|m| m.text.contains("Max new tokens capped to")));
+    h.step();
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "the stop", |a| {
+        a.status.output.state != RunState::Running
+    });
+    assert!(!matches!(
+        h.state().status.output.state,
+        RunState::Failed(_)
+    ));
+}

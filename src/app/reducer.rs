@@ -435,7 +435,33 @@ impl FlamingoApp {
             self.error("The model is not loaded yet (see Model at the top).".into());
             return None;
         }
-        self.build_request().map_err(|e| self.error(e)).ok()
+        let mut req = self.build_request().map_err(|e| self.error(e)).ok()?;
+        self.cap_to_context(&mut req);
+        Some(req)
+    }
+
+    /// Caps a request's new tokens to what the model's context leaves after its prompt, with
+    /// a note (rather than refusing it at Generate).
+    fn cap_to_context(&mut self, req: &mut CaptionRequest) {
+        let (ModelState::Ready(info), Some(count)) =
+            (&self.status.model, &self.status.count_tokens)
+        else {
+            return;
+        };
+        let Ok(Ok(n)) = req.prompt().map(|p| count(&p)) else {
+            return;
+        };
+        let room = info.context_len.saturating_sub(n);
+        let want = req.generation.max_new_tokens;
+        if want > room && room > 0 {
+            req.generation.max_new_tokens = room;
+            req.generation.min_new_tokens = req.generation.min_new_tokens.min(room);
+            self.info(format!(
+                "Max new tokens capped to {room} for this request: the prompt takes {n} of the \
+                 model's {} tokens.",
+                info.context_len
+            ));
+        }
     }
 
     fn job_started(&mut self, job: crate::engine::JobId) {
@@ -594,9 +620,10 @@ impl FlamingoApp {
             self.error("Drop a query image first.".into());
             return;
         };
-        let req = self.request_of(set, image_input(query));
+        let mut req = self.request_of(set, image_input(query));
         let made_from = self.fingerprint(set);
         let source = if variant { "variant" } else { "working set" };
+        self.cap_to_context(&mut req);
         let asked = self.asked(&req, source);
         let job = self.engine.generate(req);
         self.pending.insert(job, asked);

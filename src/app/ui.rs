@@ -480,6 +480,26 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                                         .changed();
                                 }
                             }
+                            // What goes into the prompt empty, said before Generate.
+                            let missing = match task {
+                                Task::Caption if ex.text.caption.trim().is_empty() => {
+                                    Some("No caption: the example goes in with an empty one.")
+                                }
+                                Task::Vqa
+                                    if ex.text.question.trim().is_empty()
+                                        || ex.text.answer.trim().is_empty() =>
+                                {
+                                    Some("No question or answer: it goes in empty.")
+                                }
+                                _ => None,
+                            };
+                            if let (Some(m), true) = (missing, ex.enabled) {
+                                ui.label(
+                                    RichText::new(m)
+                                        .small()
+                                        .color(Color32::from_rgb(240, 170, 90)),
+                                );
+                            }
                             ui.horizontal(|ui| {
                                 if ui
                                     .add_enabled(i > 0, egui::Button::new("Up").small())
@@ -680,6 +700,18 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                     (None, _) => "token count once the model is loaded".into(),
                 };
                 ui.label(RichText::new(line).small());
+                let images = app.ws.examples.iter().filter(|e| e.enabled).count() + 1;
+                let markers = p.matches("<image>").count();
+                if markers != images {
+                    ui.colored_label(
+                        Color32::from_rgb(240, 120, 100),
+                        format!(
+                            "The prompt has {markers} <image> markers for {images} images: the \
+                             example template and the final template must each hold one \
+                             <image>. Generate would refuse this prompt."
+                        ),
+                    );
+                }
                 let mut job = egui::text::LayoutJob::default();
                 for (i, part) in p.split("<image>").enumerate() {
                     if i > 0 {
@@ -687,12 +719,15 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                     }
                     for (j, seg) in part.split("<|endofchunk|>").enumerate() {
                         if j > 0 {
-                            job.append("|", 0.0, egui::TextFormat { color: Color32::GRAY, ..Default::default() });
+                            job.append("[end]", 0.0, egui::TextFormat { color: Color32::GRAY, ..Default::default() });
                         }
                         job.append(seg, 0.0, egui::TextFormat { font_id: egui::FontId::monospace(13.0), ..Default::default() });
                     }
                 }
-                ui.label(job);
+                ui.label(job).on_hover_text(
+                    "[image]: where an image's latents go (<image>); [end]: the end of an example \
+                     (<|endofchunk|>).",
+                );
             }
             Err(e) => {
                 ui.colored_label(Color32::from_rgb(240, 120, 100), e.to_string());
@@ -703,14 +738,14 @@ fn prompt_preview(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         let t = app.ws.templates_mut();
         let mut changed = false;
         egui::Grid::new("templates").num_columns(2).show(ui, |ui| {
-            ui.label("Example template");
-            changed |= ui.add(egui::TextEdit::singleline(&mut t.shot).desired_width(520.0)).changed();
+            let l = ui.label("Example template");
+            changed |= ui.add(egui::TextEdit::multiline(&mut t.shot).desired_rows(1).desired_width(520.0)).labelled_by(l.id).changed();
             ui.end_row();
-            ui.label("Final template");
-            changed |= ui.add(egui::TextEdit::singleline(&mut t.final_).desired_width(520.0)).changed();
+            let l = ui.label("Final template");
+            changed |= ui.add(egui::TextEdit::multiline(&mut t.final_).desired_rows(1).desired_width(520.0)).labelled_by(l.id).changed();
             ui.end_row();
-            ui.label("Zero-shot template");
-            changed |= ui.add(egui::TextEdit::singleline(&mut t.zeroshot).desired_width(520.0)).changed();
+            let l = ui.label("Zero-shot template");
+            changed |= ui.add(egui::TextEdit::multiline(&mut t.zeroshot).desired_rows(1).desired_width(520.0)).labelled_by(l.id).changed();
             ui.end_row();
         });
         let fields = match task {
