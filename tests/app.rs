@@ -72,6 +72,15 @@ fn drop_files(h: &mut Harness<'_, FlamingoApp>, at: egui::Pos2, files: &[PathBuf
     h.step();
 }
 
+/// Presses Generate with `tokens` new tokens and waits for the caption.
+fn generate_and_wait(h: &mut Harness<'_, FlamingoApp>, tokens: usize) {
+    h.state_mut().settings.max_new_tokens = tokens;
+    h.get_by_label("Generate").click();
+    wait_until(h, "the caption", |a| {
+        a.status.output.state == RunState::Done
+    });
+}
+
 fn img(name: &str) -> PathBuf {
     fixtures().join("images").join(name)
 }
@@ -244,11 +253,7 @@ fn drops_typing_generate_stop_and_a_corrupt_file() {
     h.snapshot("two_examples_and_query");
 
     // Generate streams the reference's tokens (6 new tokens, greedy).
-    h.state_mut().settings.max_new_tokens = 6;
-    h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| {
-        a.status.output.state == RunState::Done
-    });
+    generate_and_wait(&mut h, 6);
     assert_eq!(
         h.state().status.output.raw,
         want["generated_text"].as_str().unwrap()
@@ -611,11 +616,7 @@ fn tokens_show_their_alternatives_and_a_click_branches() {
         s.interaction.tooltip_delay = 0.0;
         s.interaction.show_tooltips_only_when_still = false;
     });
-    h.state_mut().settings.max_new_tokens = 6;
-    h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| {
-        a.status.output.state == RunState::Done
-    });
+    generate_and_wait(&mut h, 6);
     let caption = h.state().status.output.caption.clone().unwrap();
     assert_eq!(caption.tokens.len(), 6);
     let second = &caption.tokens[1];
@@ -712,11 +713,7 @@ fn what_each_example_did() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());
     ready(&mut h);
-    h.state_mut().settings.max_new_tokens = 6;
-    h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| {
-        a.status.output.state == RunState::Done
-    });
+    generate_and_wait(&mut h, 6);
     h.get_by_label("What did each example do?").click();
     h.run();
     h.get_by_label("Explain the caption").click();
@@ -747,11 +744,7 @@ fn where_it_looked_follows_the_token_under_the_pointer() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());
     ready(&mut h);
-    h.state_mut().settings.max_new_tokens = 6;
-    h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| {
-        a.status.output.state == RunState::Done
-    });
+    generate_and_wait(&mut h, 6);
     h.get_by_label("Where did it look?").click();
     h.run();
     h.get_by_label("Show attention").click();
@@ -778,11 +771,7 @@ fn ranking_keeps_the_caption() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path());
     ready(&mut h);
-    h.state_mut().settings.max_new_tokens = 4;
-    h.get_by_label("Generate").click();
-    wait_until(&mut h, "the caption", |a| {
-        a.status.output.state == RunState::Done
-    });
+    generate_and_wait(&mut h, 4);
     let caption = h.state().status.output.raw.clone();
     h.state_mut().ws.candidates = "a cat\nan astronaut".into();
     h.state_mut().apply(Command::Score);

@@ -298,6 +298,13 @@ impl Engine {
         });
     }
 
+    /// Sends the request `make` builds for a fresh job and returns the job's id.
+    fn queue(&mut self, make: impl FnOnce(JobId) -> Request) -> JobId {
+        let job = self.new_job();
+        let _ = self.tx.send(make(job));
+        job
+    }
+
     /// A fresh job id; a cancel of an earlier job no longer applies.
     fn new_job(&mut self) -> JobId {
         let job = self.next_job;
@@ -308,57 +315,47 @@ impl Engine {
 
     /// Queues a generation and returns its id.
     pub fn generate(&mut self, request: CaptionRequest) -> JobId {
-        let job = self.new_job();
-        let _ = self.tx.send(Request::Generate {
+        self.queue(|job| Request::Generate {
             job,
             request: Box::new(request),
-        });
-        job
+        })
     }
 
     /// Queues a ranking of candidate texts and returns its id.
     pub fn score(&mut self, request: CaptionRequest, candidates: Vec<String>) -> JobId {
-        let job = self.new_job();
-        let _ = self.tx.send(Request::Score {
+        self.queue(|job| Request::Score {
             job,
             request: Box::new(request),
             candidates,
-        });
-        job
+        })
     }
 
     /// Queues a shot sweep and returns its id.
     pub fn sweep(&mut self, request: CaptionRequest, counts: Vec<usize>, pick: ShotPick) -> JobId {
-        let job = self.new_job();
-        let _ = self.tx.send(Request::Sweep {
+        self.queue(|job| Request::Sweep {
             job,
             request: Box::new(request),
             counts,
             pick,
-        });
-        job
+        })
     }
 
     /// Queues an ablation of `caption` (token ids) and returns its id.
     pub fn ablate(&mut self, request: CaptionRequest, caption: Vec<u32>) -> JobId {
-        let job = self.new_job();
-        let _ = self.tx.send(Request::Ablate {
+        self.queue(|job| Request::Ablate {
             job,
             request: Box::new(request),
             caption,
-        });
-        job
+        })
     }
 
     /// Queues the attention maps of `caption` (token ids) and returns the job's id.
     pub fn explain(&mut self, request: CaptionRequest, caption: Vec<u32>) -> JobId {
-        let job = self.new_job();
-        let _ = self.tx.send(Request::Explain {
+        self.queue(|job| Request::Explain {
             job,
             request: Box::new(request),
             caption,
-        });
-        job
+        })
     }
 
     /// Encodes the request's images and runs its prompt up to the query's image in the
@@ -495,11 +492,10 @@ fn run(
                     send(Event::Prepared(p));
                 }
             }
-            Request::Score {
-                job,
-                request,
-                candidates,
-            } => {
+            job_request => {
+                let Some(job) = job_request.job() else {
+                    continue;
+                };
                 let Some(c) = model.as_ref() else {
                     send(Event::Failed {
                         job,
@@ -507,14 +503,8 @@ fn run(
                     });
                     continue;
                 };
-                match c.score(&request, &candidates, &cancel) {
-                    Ok(r) => send(Event::Scored {
-                        job,
-                        ranked: r
-                            .into_iter()
-                            .map(|(t, s)| (t, s.logprob, s.token_logprobs.len()))
-                            .collect(),
-                    }),
+                match run_job(c, job_request, &cancel, &send) {
+                    Ok(done) => send(done),
                     Err(Error::Cancelled) => send(Event::Cancelled { job }),
                     Err(e) => send(Event::Failed {
                         job,
@@ -522,128 +512,117 @@ fn run(
                     }),
                 }
             }
-            Request::Generate { job, request } => {
-                let Some(c) = model.as_ref() else {
-                    send(Event::Failed {
-                        job,
-                        error: "no model is loaded yet".into(),
-                    });
-                    continue;
-                };
-                let prompt_tokens = request
-                    .prompt()
-                    .and_then(|p| c.tokenizer.encode(&p))
-                    .map(|ids| ids.len())
-                    .unwrap_or(0);
-                send(Event::Started { job, prompt_tokens });
-                let t0 = Instant::now();
-                let mut n = 0usize;
-                let res = c.caption(&request, &cancel, |chunk| {
-                    n += 1;
-                    send(Event::Token {
-                        job,
-                        text: chunk.to_string(),
-                        n_tokens: n,
-                        since_start_s: t0.elapsed().as_secs_f64(),
-                    });
+        }
+    }
+}
+
+impl Request {
+    /// The job a request belongs to (the requests that run a job on the loaded model).
+    fn job(&self) -> Option<JobId> {
+        match self {
+            Request::Generate { job, .. }
+            | Request::Score { job, .. }
+            | Request::Sweep { job, .. }
+            | Request::Ablate { job, .. }
+            | Request::Explain { job, .. } => Some(*job),
+            Request::Load { .. } | Request::Prepare { .. } | Request::Shutdown => None,
+        }
+    }
+}
+
+/// Runs a job on the loaded model: the events on the way are sent, the last one is returned
+/// (a cancel or an error becomes the caller's `Cancelled` or `Failed`).
+fn run_job(
+    c: &Captioner,
+    req: Request,
+    cancel: &AtomicBool,
+    send: &dyn Fn(Event),
+) -> crate::error::Result<Event> {
+    match req {
+        Request::Score {
+            job,
+            request,
+            candidates,
+        } => {
+            let ranked = c
+                .score(&request, &candidates, cancel)?
+                .into_iter()
+                .map(|(t, s)| (t, s.logprob, s.token_logprobs.len()))
+                .collect();
+            Ok(Event::Scored { job, ranked })
+        }
+        Request::Generate { job, request } => {
+            let prompt_tokens = request
+                .prompt()
+                .and_then(|p| c.tokenizer.encode(&p))
+                .map(|ids| ids.len())
+                .unwrap_or(0);
+            send(Event::Started { job, prompt_tokens });
+            let t0 = Instant::now();
+            let mut n = 0usize;
+            let r = c.caption(&request, cancel, |chunk| {
+                n += 1;
+                send(Event::Token {
+                    job,
+                    text: chunk.to_string(),
+                    n_tokens: n,
+                    since_start_s: t0.elapsed().as_secs_f64(),
                 });
-                match res.and_then(|r| caption_of(c, r)) {
-                    Ok(caption) => send(Event::Finished { job, caption }),
-                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
-                    Err(e) => send(Event::Failed {
-                        job,
-                        error: e.to_string(),
-                    }),
-                }
-            }
-            Request::Sweep {
+            })?;
+            Ok(Event::Finished {
                 job,
-                request,
-                counts,
-                pick,
-            } => {
-                let Some(c) = model.as_ref() else {
-                    send(Event::Failed {
-                        job,
-                        error: "no model is loaded yet".into(),
-                    });
-                    continue;
-                };
-                let res = c.sweep(&request, &counts, pick, &cancel, |e| match e {
-                    SweepEvent::RowStarted { row, examples } => send(Event::SweepRowStarted {
-                        job,
-                        row,
-                        examples: examples.to_vec(),
-                    }),
-                    SweepEvent::Text { row, chunk } => send(Event::SweepText {
-                        job,
-                        row,
-                        text: chunk.to_string(),
-                    }),
-                    SweepEvent::RowFinished { row, row_result } => {
-                        let result = match row_result {
-                            Ok(r) => caption_of(c, r.result.clone())
-                                .map(|cap| (cap, r.seconds))
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        send(Event::SweepRowFinished { job, row, result })
-                    }
-                });
-                match res {
-                    Ok(_) => send(Event::SweepFinished { job }),
-                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
-                    Err(e) => send(Event::Failed {
-                        job,
-                        error: e.to_string(),
-                    }),
+                caption: caption_of(c, r)?,
+            })
+        }
+        Request::Sweep {
+            job,
+            request,
+            counts,
+            pick,
+        } => {
+            c.sweep(&request, &counts, pick, cancel, |e| match e {
+                SweepEvent::RowStarted { row, examples } => send(Event::SweepRowStarted {
+                    job,
+                    row,
+                    examples: examples.to_vec(),
+                }),
+                SweepEvent::Text { row, chunk } => send(Event::SweepText {
+                    job,
+                    row,
+                    text: chunk.to_string(),
+                }),
+                SweepEvent::RowFinished { row, row_result } => {
+                    let result = match row_result {
+                        Ok(r) => caption_of(c, r.result.clone())
+                            .map(|cap| (cap, r.seconds))
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    send(Event::SweepRowFinished { job, row, result })
                 }
-            }
-            Request::Ablate {
-                job,
-                request,
-                caption,
-            } => {
-                let Some(c) = model.as_ref() else {
-                    send(Event::Failed {
-                        job,
-                        error: "no model is loaded yet".into(),
-                    });
-                    continue;
-                };
-                let res = c.ablate(&request, &caption, &cancel, |done, total| {
-                    send(Event::AblateProgress { job, done, total })
-                });
-                match res {
-                    Ok(ablation) => send(Event::Ablated { job, ablation }),
-                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
-                    Err(e) => send(Event::Failed {
-                        job,
-                        error: e.to_string(),
-                    }),
-                }
-            }
-            Request::Explain {
-                job,
-                request,
-                caption,
-            } => {
-                let Some(c) = model.as_ref() else {
-                    send(Event::Failed {
-                        job,
-                        error: "no model is loaded yet".into(),
-                    });
-                    continue;
-                };
-                match c.attention_maps(&request, &caption, &cancel) {
-                    Ok(maps) => send(Event::Explained { job, maps }),
-                    Err(Error::Cancelled) => send(Event::Cancelled { job }),
-                    Err(e) => send(Event::Failed {
-                        job,
-                        error: e.to_string(),
-                    }),
-                }
-            }
+            })?;
+            Ok(Event::SweepFinished { job })
+        }
+        Request::Ablate {
+            job,
+            request,
+            caption,
+        } => {
+            let ablation = c.ablate(&request, &caption, cancel, |done, total| {
+                send(Event::AblateProgress { job, done, total })
+            })?;
+            Ok(Event::Ablated { job, ablation })
+        }
+        Request::Explain {
+            job,
+            request,
+            caption,
+        } => Ok(Event::Explained {
+            job,
+            maps: c.attention_maps(&request, &caption, cancel)?,
+        }),
+        Request::Load { .. } | Request::Prepare { .. } | Request::Shutdown => {
+            Err(Error::Invalid("not a job for the loaded model".into()))
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::nn::attention::{recording, Site};
 use crate::types::MediaAttention;
 
-use super::{read_images, CaptionRequest, Captioner, RequestImage};
+use super::{read_images, CaptionRequest, Captioner};
 
 /// The recorded weights of one forward pass, per layer in order, batch dimension dropped.
 pub struct AttentionWeights {
@@ -81,7 +81,8 @@ impl Captioner {
                 .map(|i| self.latents(&mut caches, i))
                 .collect::<Result<Vec<_>>>()?
         };
-        let (q, perceiver) = recording(|| self.encode_query(query));
+        // Encoded afresh, not from the cache: the recording needs its perceiver pass.
+        let (q, perceiver) = recording(|| self.encode(query));
         latents.push(q?);
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -107,20 +108,6 @@ impl Captioner {
             }
         }
         Ok(w)
-    }
-
-    /// The query image's latents, encoded afresh (so that a recording sees its perceiver).
-    fn encode_query(&self, image: &RequestImage) -> Result<Tensor> {
-        let c = self.model.vision_config();
-        let pixels = crate::image::preprocess(
-            &image.bytes,
-            &image.name,
-            c.image_size as u32,
-            c.mean,
-            c.std,
-            self.model.device(),
-        )?;
-        self.model.encode_images(&pixels.unsqueeze(0)?)
     }
 
     /// Where each token of `caption` (token ids, as generated after the request's prompt)

@@ -1,5 +1,5 @@
 //! A loaded model with its tokenizer, answering requests: the prompt is built and checked,
-//! each image becomes latents in one place ([`Captioner::latents`], through the latent
+//! each image becomes latents in one place ([`Captioner::encode`], reached through the latent
 //! cache), the prompt runs through the prefix cache into a session ([`Captioner::prompt_state`]),
 //! and every strategy (greedy, sampling, beam search, scoring, batches) starts from that
 //! state. The CLI and the engine thread both use this.
@@ -283,14 +283,24 @@ impl Captioner {
             .map_err(|_| Error::Invalid("the cache lock was poisoned".into()))
     }
 
-    /// The one route from an image to its latents [1, num_latents, width]: from the latent
-    /// cache, or decoded, preprocessed and encoded (and kept, when caches are on).
+    /// An image's latents [1, num_latents, width]: from the latent cache, or encoded (and
+    /// kept, when caches are on).
     fn latents(&self, caches: &mut PromptCaches, image: &RequestImage) -> Result<Tensor> {
         if self.use_caches {
             if let Some(t) = caches.latents(image.key) {
                 return Ok(t);
             }
         }
+        let t = self.encode(image)?;
+        if self.use_caches {
+            caches.keep_latents(image.key, t.clone());
+        }
+        Ok(t)
+    }
+
+    /// The one route from an image to its latents: decoded, preprocessed as the reference
+    /// does, encoded by the vision tower and the perceiver.
+    fn encode(&self, image: &RequestImage) -> Result<Tensor> {
         let c = self.model.vision_config();
         let pixels = crate::image::preprocess(
             &image.bytes,
@@ -300,11 +310,7 @@ impl Captioner {
             c.std,
             self.model.device(),
         )?;
-        let t = self.model.encode_images(&pixels.unsqueeze(0)?)?;
-        if self.use_caches {
-            caches.keep_latents(image.key, t.clone());
-        }
-        Ok(t)
+        self.model.encode_images(&pixels.unsqueeze(0)?)
     }
 
     /// The media attention a request runs with: its own, else the model's.

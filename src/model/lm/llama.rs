@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{Device, Module, Tensor};
 use serde_json::Value;
 
-use super::{causal_bias, positions, Decoder, LayerCache, LmSpec, Step};
+use super::{embed_rows, Decoder, LayerCache, LmSpec, Step};
 use crate::error::{Error, Result};
 use crate::nn::norm::RmsNorm;
 use crate::nn::rotary::Rotary;
@@ -231,12 +231,7 @@ impl Decoder for Llama {
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?)
+        embed_rows(&self.embed, ids)
     }
 
     /// Causal (+ padding) bias and the rotary tables of the new positions.
@@ -248,11 +243,7 @@ impl Decoder for Llama {
         key_mask: Option<&[Vec<bool>]>,
         device: &Device,
     ) -> Result<Step> {
-        let pos = positions(batch, past, s_q, key_mask);
-        Ok(Step {
-            bias: causal_bias(past, s_q, key_mask, None, device)?,
-            rotary: Some(self.rotary.tables(&pos, device)?),
-        })
+        Step::rotary(&self.rotary, batch, past, s_q, key_mask, device)
     }
 
     fn block(&self, i: usize, x: &Tensor, step: &Step, cache: &mut LayerCache) -> Result<Tensor> {

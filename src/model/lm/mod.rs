@@ -104,6 +104,34 @@ pub struct Step {
     pub rotary: Option<(Tensor, Tensor)>,
 }
 
+impl Step {
+    /// A rotary family's step: the causal (+ padding) bias and the rotary tables of the new
+    /// tokens' positions.
+    pub(super) fn rotary(
+        rotary: &crate::nn::rotary::Rotary,
+        batch: usize,
+        past: usize,
+        s_q: usize,
+        key_mask: Option<&[Vec<bool>]>,
+        device: &Device,
+    ) -> Result<Self> {
+        let pos = positions(batch, past, s_q, key_mask);
+        Ok(Self {
+            bias: causal_bias(past, s_q, key_mask, None, device)?,
+            rotary: Some(rotary.tables(&pos, device)?),
+        })
+    }
+}
+
+/// The rows of an embedding table [vocab, d] for ids [B, T]: [B, T, d].
+pub(super) fn embed_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let d = table.dim(1)?;
+    Ok(table
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, d))?)
+}
+
 /// One decoder's forward, block by block.
 pub trait Decoder: HasLinears + Send + Sync {
     fn n_layers(&self) -> usize;

@@ -304,12 +304,7 @@ impl Decoder for MosaicGpt {
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let flat = ids.flatten_all()?;
-        Ok(self
-            .wte
-            .index_select(&flat, 0)?
-            .reshape((b, t, self.cfg.d_model))?)
+        super::embed_rows(&self.wte, ids)
     }
 
     /// ALiBi + causal (+ key padding) bias.
