@@ -997,3 +997,52 @@ fn invalid_state_is_flagged_and_max_tokens_capped() {
         RunState::Failed(_)
     ));
 }
+
+/// A second window on the same data folder says so and never overwrites the first one's
+/// working set; a data folder that cannot be written is reported once, the work stays.
+#[test]
+fn a_second_window_and_an_unwritable_folder_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = harness(dir.path());
+    ready(&mut first);
+    first.state_mut().ws.examples[0].text.caption = "The first window's caption.".into();
+    first.state_mut().save_working_set_now().unwrap();
+    let file = dir.path().join("working-set.flamingo.json");
+    let saved = std::fs::read(&file).unwrap();
+
+    let mut second = harness(dir.path());
+    ready(&mut second);
+    assert!(!second.state().saves_working_set());
+    assert!(second
+        .state()
+        .messages
+        .iter()
+        .any(|m| m.text.contains("Another Flamingo window")));
+    second.state_mut().ws.examples.clear();
+    second.state_mut().mark_dirty();
+    second.state_mut().save_working_set_now().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    second.run();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        saved,
+        "the first window's set is intact"
+    );
+    drop(second);
+    assert!(first.state().saves_working_set());
+    drop(first);
+
+    // A data folder under a file: nothing can be written there.
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut h = harness(&blocker.join("data"));
+    ready(&mut h);
+    h.state_mut().ws.examples[0].text.caption = "Kept in memory.".into();
+    h.state_mut().mark_dirty();
+    wait_until(&mut h, "the autosave's report", |a| {
+        a.messages
+            .iter()
+            .any(|m| m.text.contains("Could not save the working set"))
+    });
+    assert_eq!(h.state().ws.examples[0].text.caption, "Kept in memory.");
+}

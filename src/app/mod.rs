@@ -111,6 +111,12 @@ pub struct FlamingoApp {
     pending: std::collections::HashMap<crate::engine::JobId, history::HistoryEntry>,
     /// The running sweep's job and request (its rows go into the history).
     pending_sweep: Option<(crate::engine::JobId, crate::engine::CaptionRequest)>,
+    /// This window's claim on the data folder (None: another window has it; nothing saved).
+    data_lock: Option<persistence::DataLock>,
+    /// Autosave results (from its thread): an error is shown once until a save succeeds.
+    autosave_tx: Sender<Result<(), String>>,
+    autosave_rx: Receiver<Result<(), String>>,
+    autosave_failing: bool,
 }
 
 impl FlamingoApp {
@@ -147,6 +153,7 @@ impl FlamingoApp {
         );
         let loader = ImageLoader::start(waker);
         let (dialog_tx, dialog_rx) = crossbeam_channel::unbounded();
+        let (autosave_tx, autosave_rx) = crossbeam_channel::unbounded();
         let mut app = Self {
             settings,
             ws: WorkingSet::new(),
@@ -173,7 +180,12 @@ impl FlamingoApp {
             path_entry: None,
             pending: Default::default(),
             pending_sweep: None,
+            data_lock: None,
+            autosave_tx,
+            autosave_rx,
+            autosave_failing: false,
         };
+        app.lock_data_dir();
         app.restore_working_set();
         if opts.autoload {
             // A model the cache lacks waits for the user's click (DownloadNeeded).
@@ -209,6 +221,11 @@ impl FlamingoApp {
 
     pub fn set_drop_rects(&mut self, examples: egui::Rect, query: egui::Rect) {
         self.drop_rects = [examples, query];
+    }
+
+    /// Whether this window saves into its data folder (no other window holds it).
+    pub fn saves_working_set(&self) -> bool {
+        self.data_lock.is_some()
     }
 
     /// Offers a path field for what a file dialog was for (where no dialog opens).

@@ -11,6 +11,61 @@ use super::FlamingoApp;
 
 const WORKING_SET_FILE: &str = "working-set.flamingo.json";
 const SETTINGS_FILE: &str = "settings.json";
+const LOCK_FILE: &str = "instance.lock";
+
+/// This window's claim on a data folder: a file naming its process and a number of its own,
+/// removed when the window closes. A second window on the same folder finds it (its process
+/// alive) and saves nothing there, so that it never overwrites the first one's work.
+pub struct DataLock {
+    path: PathBuf,
+    mine: String,
+}
+
+impl DataLock {
+    /// Takes the folder's lock, or says which live process holds it.
+    pub fn take(dir: &Path) -> Result<Self, u32> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = dir.join(LOCK_FILE);
+        let mine = format!(
+            "{} {}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        if let Ok(held) = std::fs::read_to_string(&path) {
+            let pid = held.split_whitespace().next().and_then(|p| p.parse().ok());
+            if let Some(pid) = pid.filter(|&p| process_alive(p)) {
+                return Err(pid);
+            }
+        }
+        // No lock, or a stale one (its process is gone): ours now.
+        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::platform::write_atomic(&path, mine.as_bytes());
+        Ok(Self { path, mine })
+    }
+}
+
+impl Drop for DataLock {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|h| h == self.mine) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether process `pid` runs (where the system can say; elsewhere assumed so).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
 
 /// The app's data folder (`~/.local/share/flamingo` on Linux).
 pub fn default_data_dir() -> Option<PathBuf> {
@@ -32,13 +87,38 @@ pub fn write_settings(dir: &Path, settings: &Settings) -> std::io::Result<()> {
 }
 
 impl FlamingoApp {
+    /// Where the working set is saved; None without a data folder or when another window
+    /// holds it.
     fn working_set_path(&self) -> Option<PathBuf> {
+        if self.data_lock.is_none() {
+            return None;
+        }
         self.data_dir.as_ref().map(|d| d.join(WORKING_SET_FILE))
+    }
+
+    /// Claims the data folder; when another window holds it, says so (nothing is saved).
+    pub(super) fn lock_data_dir(&mut self) {
+        let Some(dir) = self.data_dir.clone() else {
+            return;
+        };
+        match DataLock::take(&dir) {
+            Ok(lock) => self.data_lock = Some(lock),
+            Err(pid) => self.error(format!(
+                "Another Flamingo window (process {pid}) is using the data folder {}: this one \
+                 does not save its working set or settings there, so that neither overwrites \
+                 the other. Set > Save as… keeps this window's work.",
+                dir.display()
+            )),
+        }
     }
 
     /// The last working set, or on a first launch the bundled sample set.
     pub(super) fn restore_working_set(&mut self) {
-        let saved = self.working_set_path().filter(|p| p.exists());
+        let saved = self
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(WORKING_SET_FILE))
+            .filter(|p| p.exists());
         match saved {
             Some(p) => match std::fs::read_to_string(&p)
                 .map_err(|e| e.to_string())
@@ -152,13 +232,21 @@ impl FlamingoApp {
             return;
         };
         let ws = self.set_to_save();
+        let tx = self.autosave_tx.clone();
+        let ctx = self.ctx.clone();
         let _ = std::thread::Builder::new()
             .name("flamingo-autosave".into())
             .spawn(move || {
                 let json = state::set_to_json(&ws);
-                if let Err(e) = state::write_atomic(&path, json.as_bytes()) {
-                    tracing::warn!("autosave to {} failed: {e}", path.display());
-                }
+                let r = state::write_atomic(&path, json.as_bytes()).map_err(|e| {
+                    format!(
+                        "Could not save the working set to {} ({e}). Your work is still here; \
+                         Set > Save as… keeps it elsewhere.",
+                        path.display()
+                    )
+                });
+                let _ = tx.send(r);
+                ctx.request_repaint();
             });
     }
 
@@ -173,7 +261,7 @@ impl FlamingoApp {
 
     /// Writes the working set and the settings now (on exit).
     pub fn save_now(&mut self) -> std::io::Result<()> {
-        if let Some(dir) = &self.data_dir {
+        if let (Some(dir), Some(_)) = (&self.data_dir, &self.data_lock) {
             write_settings(dir, &self.settings)?;
         }
         self.save_working_set_now()

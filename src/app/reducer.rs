@@ -806,6 +806,16 @@ impl FlamingoApp {
                 }
             }
         }
+        while let Ok(r) = self.autosave_rx.try_recv() {
+            match r {
+                Ok(()) => self.autosave_failing = false,
+                Err(e) if !self.autosave_failing => {
+                    self.autosave_failing = true;
+                    self.error(e);
+                }
+                Err(_) => {}
+            }
+        }
         while let Ok(d) = self.dialog_rx.try_recv() {
             match d {
                 DialogResult::Images(to, paths) => self.apply(Command::AddImages {
