@@ -90,9 +90,7 @@ impl FlamingoApp {
     /// Where the working set is saved; None without a data folder or when another window
     /// holds it.
     fn working_set_path(&self) -> Option<PathBuf> {
-        if self.data_lock.is_none() {
-            return None;
-        }
+        self.data_lock.as_ref()?;
         self.data_dir.as_ref().map(|d| d.join(WORKING_SET_FILE))
     }
 
