@@ -199,3 +199,31 @@ fn mutated_weight_files_are_refused_without_panicking() {
     }
     eprintln!("{tried} mutated weight files: no panic");
 }
+
+/// A `checkpoint.pt` with one flipped byte inside a tensor's data is refused (its zip entry's
+/// CRC-32 no longer matches), naming the file and the entry.
+#[test]
+fn a_checkpoint_with_a_flipped_byte_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps =
+        fixtures().join("hf/hub/models--openflamingo--OpenFlamingo-3B-vitl-mpt1b/snapshots");
+    let snap = std::fs::read_dir(snaps)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = std::fs::read(snap.join("checkpoint.pt")).unwrap();
+    assert!(flamingo::store::pickle::verify_zip(&snap.join("checkpoint.pt")).is_ok());
+    let mid = b.len() / 2;
+    b[mid] ^= 0x10;
+    let path = dir.path().join("checkpoint.pt");
+    std::fs::write(&path, &b).unwrap();
+    let err = flamingo::store::pickle::read_tensor_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checkpoint.pt") && err.contains("damaged"),
+        "{err}"
+    );
+}

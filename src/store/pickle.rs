@@ -40,12 +40,41 @@ pub fn read_tensor_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .collect()
 }
 
-/// The tensors of a `torch.save` zip, found at the top or under a usual state-dict key.
+/// Reads every entry of a `torch.save` zip to its end, which makes the zip reader check each
+/// entry's CRC-32: a file with flipped bytes is refused before any tensor of it is used.
+pub fn verify_zip(path: &Path) -> Result<()> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
+        .map_err(|e| bad(format!("not a readable PyTorch zip checkpoint ({e})")))?;
+    for i in 0..z.len() {
+        let mut entry = z
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {i} of the zip is unreadable ({e})")))?;
+        let name = entry
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| format!("#{i}"));
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| {
+            bad(format!(
+                "entry `{name}` is damaged ({e}); delete the file and download it again"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The tensors of a `torch.save` zip, found at the top or under a usual state-dict key, after
+/// its checksums are verified ([`verify_zip`]).
 pub fn open_pickle(path: &Path) -> Result<candle_core::pickle::PthTensors> {
     let bad = |reason: String| Error::BadWeights {
         path: path.to_path_buf(),
         reason,
     };
+    verify_zip(path)?;
     let top = candle_core::pickle::PthTensors::new(path, None)
         .map_err(|e| bad(format!("not a readable PyTorch zip checkpoint ({e})")))?;
     if !top.tensor_infos().is_empty() {
