@@ -569,7 +569,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// all the examples plus (k − 1) final-prompt-and-decode runs (a re-query whose examples are
 /// kept). Every run decodes exactly `max_new_tokens` (min = max), so the runs compare.
 pub fn sweep_cost(a: SweepCostArgs) -> anyhow::Result<()> {
-    let (mut req, captioner) = super::one_query(&a.caption, "bench-sweep")?;
+    let (mut req, captioner) = super::icl::one_query(&a.caption, "bench-sweep")?;
     req.generation.min_new_tokens = req.generation.max_new_tokens;
     let n = req.shots.len();
     crate::pipeline::icl::sweep_picks(n, &a.shots, crate::types::ShotPick::First)?;
