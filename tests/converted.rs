@@ -256,3 +256,34 @@ fn cut_to(path: &std::path::Path, divisor: u64) -> u64 {
         .unwrap();
     len
 }
+
+/// A kept model with a flipped byte in a tensor fails that tensor's checksum: it is rebuilt
+/// from the weight files, never used, and the tokens are those of the intact model.
+#[test]
+fn a_damaged_kept_model_is_rebuilt_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let convert = dir.path().join("converted");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let req = caption_request(&[("chelsea.png", "A cat.")], "rocket.jpg", 5);
+    let (c, _) = load_as(&hub("hf"), &convert, WeightFormat::Q8_0);
+    let want = c.caption(&req, &cancel, |_| {}).unwrap().generated.tokens;
+    drop(c);
+    let kept = models(dir.path());
+    assert_eq!(kept.len(), 1);
+    let intact = std::fs::read(&kept[0]).unwrap();
+    let mut damaged = intact.clone();
+    let at = damaged.len() * 3 / 4;
+    damaged[at] ^= 0x40;
+    std::fs::write(&kept[0], &damaged).unwrap();
+
+    let (c, _) = load_as(&hub("hf"), &convert, WeightFormat::Q8_0);
+    assert_eq!(
+        c.caption(&req, &cancel, |_| {}).unwrap().generated.tokens,
+        want
+    );
+    assert_eq!(
+        std::fs::read(&kept[0]).unwrap(),
+        intact,
+        "rebuilt as it was"
+    );
+}

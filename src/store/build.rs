@@ -280,7 +280,7 @@ pub fn from_model_cache(
     format: WeightFormat,
 ) -> Result<Flamingo> {
     let g = std::sync::Arc::new(GgufFile::open(path)?);
-    if !model_cache_layout_ok(&g, format) {
+    if !model_cache_layout_ok(&g, format) || !g.has_checksums() {
         return Err(Error::BadWeights {
             path: path.to_path_buf(),
             reason: format!("not a {format} model of this version of the app"),
@@ -300,7 +300,9 @@ pub fn from_model_cache(
     Ok(stores.build(vcfg, lm_cfg, media_id, device, format)?.0)
 }
 
-const MODEL_LAYOUT: &str = "flamingo-model-1";
+/// Bumped when the model cache's layout changes (2: every tensor's CRC-32 kept and checked);
+/// a file of another layout is rebuilt.
+const MODEL_LAYOUT: &str = "flamingo-model-2";
 
 fn model_cache_layout_ok(g: &GgufFile, format: WeightFormat) -> bool {
     let s = |k: &str| match g.content.metadata.get(k) {

@@ -18,7 +18,12 @@ pub struct GgufFile {
     /// place (see [`crate::model::mapped`]).
     map: Option<std::sync::Arc<memmap2::Mmap>>,
     pub content: candle_core::quantized::gguf_file::Content,
+    /// Each tensor's CRC-32 as written ([`write`]), checked when the tensor is read.
+    crcs: std::collections::HashMap<String, u32>,
 }
+
+/// The metadata key of the tensors' CRC-32s: a line `name<TAB>hex` per tensor.
+const CRC_KEY: &str = "flamingo.crc32";
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
@@ -36,12 +41,43 @@ impl GgufFile {
         let map = unsafe { memmap2::Mmap::map(&file) }
             .ok()
             .map(std::sync::Arc::new);
+        let crcs = match content.metadata.get(CRC_KEY) {
+            Some(candle_core::quantized::gguf_file::Value::String(s)) => s
+                .lines()
+                .filter_map(|l| {
+                    let (name, hex) = l.split_once('\t')?;
+                    Some((name.to_string(), u32::from_str_radix(hex, 16).ok()?))
+                })
+                .collect(),
+            _ => Default::default(),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             map,
             content,
+            crcs,
         })
+    }
+
+    /// Whether the file holds a checksum of every tensor.
+    pub fn has_checksums(&self) -> bool {
+        self.content
+            .tensor_infos
+            .keys()
+            .all(|n| self.crcs.contains_key(n))
+    }
+
+    /// The tensor `name`'s bytes must match its CRC-32: a damaged file is refused (and the
+    /// model rebuilt from its sources), never used.
+    fn check(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        match self.crcs.get(name) {
+            Some(&want) if crc32fast::hash(bytes) != want => Err(Error::BadWeights {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}` does not match its checksum: the file is damaged"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The stored type of the tensor `name`.
@@ -64,6 +100,7 @@ impl GgufFile {
         };
         if let (Some(dtype), Some(map)) = (dtype, &self.map) {
             let pages = self.pages(map, name, info)?;
+            self.check(name, pages.bytes())?;
             let t = Tensor::from_raw_buffer(pages.bytes(), dtype, info.shape.dims(), device)?;
             pages.release();
             return Ok(Some(t));
@@ -112,6 +149,7 @@ impl GgufFile {
         };
         if let (true, Some(map)) = (device.is_cpu(), &self.map) {
             let pages = self.pages(map, name, info)?;
+            self.check(name, pages.bytes())?;
             if let Some(q) =
                 crate::nn::mapped::qtensor(info.ggml_dtype, info.shape.dims(), pages.clone())
             {
@@ -137,6 +175,7 @@ impl GgufFile {
                 path: self.path.clone(),
                 reason: format!("tensor `{name}`: {e}"),
             })?;
+        self.check(name, &q.data()?)?;
         Ok(Some((q, None)))
     }
 }
@@ -191,11 +230,61 @@ fn dtype_code(d: GgmlDType) -> Result<u32> {
 /// 16 MiB, so that writing a model's cache takes no second copy of its weights (candle's own
 /// writer wants every tensor as a `QTensor`, which for a 9B model's f32 embedding alone is
 /// 826 MB more at the peak of its first load).
+/// Hands a dense tensor's bytes, as stored in `d` (f16, else f32), to `f` in slices of at
+/// most 16 MiB.
+fn dense_bytes(t: &Tensor, d: GgmlDType, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let flat = t.flatten_all()?;
+    let n = flat.dim(0)?;
+    let step = (16 << 20) / 4;
+    let mut start = 0;
+    while start < n {
+        let len = step.min(n - start);
+        let part = flat.narrow(0, start, len)?;
+        let bytes: Vec<u8> = match d {
+            GgmlDType::F16 => part
+                .to_dtype(DType::F16)?
+                .to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            _ => part
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        };
+        f(&bytes)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// An entry's stored bytes, handed to `f` in slices.
+fn entry_bytes(e: &Entry, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    match e {
+        Entry::Quantized(q) => f(&q.data()?),
+        Entry::Dense(t, d) => dense_bytes(t, *d, f),
+    }
+}
+
 pub fn write(
     w: &mut impl std::io::Write,
     metadata: &[(&str, &str)],
     tensors: &[(String, Entry)],
 ) -> Result<()> {
+    // Each tensor's CRC-32 first: they go in the header, before the data.
+    let mut crcs = String::new();
+    for (name, e) in tensors {
+        let mut h = crc32fast::Hasher::new();
+        entry_bytes(e, &mut |b| {
+            h.update(b);
+            Ok(())
+        })?;
+        crcs.push_str(&format!("{name}\t{:08x}\n", h.finalize()));
+    }
+    let mut metadata = metadata.to_vec();
+    metadata.push((CRC_KEY, &crcs));
     const ALIGN: usize = 32;
     let pad = |n: usize| (ALIGN - n % ALIGN) % ALIGN;
     let mut head: Vec<u8> = Vec::new();
@@ -207,7 +296,7 @@ pub fn write(
     head.extend(2u32.to_le_bytes());
     head.extend((tensors.len() as u64).to_le_bytes());
     head.extend((metadata.len() as u64).to_le_bytes());
-    for (k, v) in metadata {
+    for (k, v) in &metadata {
         string(&mut head, k);
         head.extend(8u32.to_le_bytes()); // a string value
         string(&mut head, v);
@@ -228,35 +317,7 @@ pub fn write(
     let io = |e: std::io::Error| Error::Invalid(format!("writing the model cache: {e}"));
     w.write_all(&head).map_err(io)?;
     for (_, e) in tensors {
-        match e {
-            Entry::Quantized(q) => w.write_all(&q.data()?).map_err(io)?,
-            Entry::Dense(t, d) => {
-                let flat = t.flatten_all()?;
-                let n = flat.dim(0)?;
-                let step = (16 << 20) / 4;
-                let mut start = 0;
-                while start < n {
-                    let len = step.min(n - start);
-                    let part = flat.narrow(0, start, len)?;
-                    let bytes: Vec<u8> = match d {
-                        GgmlDType::F16 => part
-                            .to_dtype(DType::F16)?
-                            .to_vec1::<half::f16>()?
-                            .iter()
-                            .flat_map(|x| x.to_le_bytes())
-                            .collect(),
-                        _ => part
-                            .to_dtype(DType::F32)?
-                            .to_vec1::<f32>()?
-                            .iter()
-                            .flat_map(|x| x.to_le_bytes())
-                            .collect(),
-                    };
-                    w.write_all(&bytes).map_err(io)?;
-                    start += len;
-                }
-            }
-        }
+        entry_bytes(e, &mut |b| w.write_all(b).map_err(io))?;
         w.write_all(&vec![0u8; pad(e.bytes())]).map_err(io)?;
     }
     Ok(())
