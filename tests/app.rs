@@ -1046,3 +1046,28 @@ fn a_second_window_and_an_unwritable_folder_lose_nothing() {
     });
     assert_eq!(h.state().ws.examples[0].text.caption, "Kept in memory.");
 }
+
+/// A message about something the user then fixes goes by itself; the same message twice is
+/// shown once.
+#[test]
+fn messages_clear_when_their_cause_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let query = h.state().ws.query.clone();
+    h.state_mut().apply(Command::ClearQuery);
+    h.state_mut().apply(Command::Generate);
+    h.state_mut().apply(Command::Generate);
+    h.run();
+    let count = |a: &FlamingoApp| {
+        a.messages
+            .iter()
+            .filter(|m| m.text == "Drop a query image first.")
+            .count()
+    };
+    assert_eq!(count(h.state()), 1);
+    assert!(h.query_by_label("Drop a query image first.").is_some());
+    h.state_mut().ws.query = query;
+    h.run();
+    assert_eq!(count(h.state()), 0);
+}

@@ -50,7 +50,21 @@ const PREPARE_AFTER: Duration = Duration::from_millis(600);
 pub struct Message {
     pub text: String,
     pub error: bool,
+    pub at: Instant,
+    /// What it is about: it goes once that is fixed.
+    pub cause: Option<Cause>,
 }
+
+/// A message's cause, checked every frame: the message goes when it no longer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    NoModel,
+    NoQuery,
+    NoCandidates,
+}
+
+/// How long a message that is not an error stays on screen.
+const INFO_FOR: Duration = Duration::from_secs(10);
 
 /// How the app is started (tests point it at fixture caches and temporary folders).
 #[derive(Clone, Debug, Default)]
@@ -196,17 +210,60 @@ impl FlamingoApp {
     }
 
     pub fn info(&mut self, text: String) {
-        self.messages.push(Message { text, error: false });
+        self.push_message(text, false, None);
     }
 
     pub fn error(&mut self, text: String) {
-        self.messages.push(Message { text, error: true });
+        self.push_message(text, true, None);
     }
 
     /// The working set changed in what it keeps (its history) but not in what a prompt is
     /// made of: saved soon, nothing prepared again.
     pub fn mark_unsaved(&mut self) {
         self.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    /// An error about `cause`: it replaces an earlier one about the same, and goes by itself
+    /// once the cause is fixed.
+    pub fn error_about(&mut self, cause: Cause, text: String) {
+        self.messages.retain(|m| m.cause != Some(cause));
+        self.push_message(text, true, Some(cause));
+    }
+
+    fn push_message(&mut self, text: String, error: bool, cause: Option<Cause>) {
+        // The same message again (a second click) is not stacked.
+        self.messages.retain(|m| m.text != text);
+        self.messages.push(Message {
+            text,
+            error,
+            at: Instant::now(),
+            cause,
+        });
+    }
+
+    /// Drops the messages whose cause is fixed.
+    fn clear_fixed_messages(&mut self) {
+        let ready = matches!(self.status.model, ModelState::Ready(_));
+        let (query, candidates) = (
+            self.ws.query.is_some(),
+            !self.ws.candidates.trim().is_empty(),
+        );
+        self.messages.retain(|m| match m.cause {
+            Some(Cause::NoModel) => !ready,
+            Some(Cause::NoQuery) => !query,
+            Some(Cause::NoCandidates) => !candidates,
+            None => true,
+        });
+    }
+
+    /// The messages to show now: errors until dismissed, the others for a while (all of
+    /// them for snapshots).
+    pub fn visible_messages(&self) -> Vec<(usize, &Message)> {
+        self.messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.error || self.stable_for_snapshots || m.at.elapsed() < INFO_FOR)
+            .collect()
     }
 
     pub fn mark_dirty(&mut self) {
@@ -249,6 +306,7 @@ fn image_input(i: &ImageItem) -> ImageInput {
 impl eframe::App for FlamingoApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.pump();
+        self.clear_fixed_messages();
         self.take_dropped_files(ctx);
         self.take_pasted_paths(ctx);
         self.autosave();

@@ -11,7 +11,7 @@ use super::history::{ExportFormat, HistoryEntry};
 use super::images::{Loaded, Source, Target};
 use super::input::{read_clipboard, DialogResult, PathFor};
 use super::state::{self, Example, ImageItem, WorkingSet};
-use super::{image_input, FlamingoApp, PREPARE_AFTER};
+use super::{image_input, Cause, FlamingoApp, PREPARE_AFTER};
 use crate::engine::{CaptionRequest, ImageInput, Shot};
 use crate::text::prompt::{Task, Templates};
 
@@ -432,10 +432,23 @@ impl FlamingoApp {
             return None;
         }
         if !matches!(self.status.model, ModelState::Ready(_)) {
-            self.error("The model is not loaded yet (see Model at the top).".into());
+            self.error_about(
+                Cause::NoModel,
+                "The model is not loaded yet (see Model at the top).".into(),
+            );
             return None;
         }
-        let mut req = self.build_request().map_err(|e| self.error(e)).ok()?;
+        let mut req = match self.build_request() {
+            Ok(r) => r,
+            Err(e) if self.ws.query.is_none() => {
+                self.error_about(Cause::NoQuery, e);
+                return None;
+            }
+            Err(e) => {
+                self.error(e);
+                return None;
+            }
+        };
         self.cap_to_context(&mut req);
         Some(req)
     }
@@ -603,7 +616,10 @@ impl FlamingoApp {
     /// without a query image uses the other's.
     fn generate_set(&mut self, variant: bool) {
         if !matches!(self.status.model, ModelState::Ready(_)) {
-            self.error("The model is not loaded yet (see Model at the top).".into());
+            self.error_about(
+                Cause::NoModel,
+                "The model is not loaded yet (see Model at the top).".into(),
+            );
             return;
         }
         // `ws` is the set in the panels; its output is `output`.
@@ -617,7 +633,7 @@ impl FlamingoApp {
             return;
         }
         let Some(query) = set.query.as_ref().or(other.query.as_ref()) else {
-            self.error("Drop a query image first.".into());
+            self.error_about(Cause::NoQuery, "Drop a query image first.".into());
             return;
         };
         let mut req = self.request_of(set, image_input(query));
@@ -730,7 +746,10 @@ impl FlamingoApp {
             .map(String::from)
             .collect();
         if candidates.is_empty() {
-            self.error("Type some candidate texts to rank, one per line.".into());
+            self.error_about(
+                Cause::NoCandidates,
+                "Type some candidate texts to rank, one per line.".into(),
+            );
             return;
         }
         if let Some(req) = self.request_for_job() {

@@ -59,6 +59,7 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
         });
     });
     app.set_drop_rects(examples_rect, query_rect);
+    toasts(app, &ctx, &mut cmds);
     hovering_files_overlay(&ctx);
     cmds
 }
@@ -795,26 +796,42 @@ fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             }
         });
     }
-    for (i, m) in app.messages.iter().enumerate().rev().take(4) {
-        let color = if m.error {
-            Color32::from_rgb(120, 40, 40)
-        } else {
-            Color32::from_rgb(40, 70, 110)
-        };
-        egui::Frame::new()
-            .fill(color)
-            .corner_radius(4.0)
-            .inner_margin(6.0)
-            .show(ui, |ui| {
-                ui.set_min_width(ui.available_width());
-                ui.horizontal_wrapped(|ui| {
-                    ui.label(RichText::new(&m.text).color(Color32::WHITE));
-                    if ui.small_button("x").clicked() {
-                        cmds.push(super::Command::DismissMessage(i));
-                    }
-                });
-            });
+}
+
+/// Messages as toasts in the window's lower right corner, over the panels (they never move
+/// what is under the pointer): the newest four, errors until dismissed, the rest for a while.
+fn toasts(app: &FlamingoApp, ctx: &egui::Context, cmds: &mut Vec<Command>) {
+    let shown = app.visible_messages();
+    if shown.is_empty() {
+        return;
     }
+    egui::Area::new(egui::Id::unique("flamingo-toasts"))
+        .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -36.0))
+        .order(egui::Order::Foreground)
+        .show(ctx, |ui| {
+            ui.set_max_width(440.0);
+            for (i, m) in shown.into_iter().rev().take(4).rev() {
+                let color = if m.error {
+                    Color32::from_rgb(120, 40, 40)
+                } else {
+                    Color32::from_rgb(40, 70, 110)
+                };
+                egui::Frame::new()
+                    .fill(color)
+                    .corner_radius(6.0)
+                    .inner_margin(8.0)
+                    .show(ui, |ui| {
+                        ui.set_width(420.0);
+                        ui.horizontal_wrapped(|ui| {
+                            ui.label(RichText::new(&m.text).color(Color32::WHITE));
+                            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
+                                cmds.push(super::Command::DismissMessage(i));
+                            }
+                        });
+                    });
+                ui.add_space(4.0);
+            }
+        });
 }
 
 fn status_bar(app: &mut FlamingoApp, ui: &mut Ui) {
