@@ -873,7 +873,7 @@ impl FlamingoApp {
                 result: Ok((caption, _)),
             } => match (&self.pending_sweep, self.status.sweep.rows.get(*row)) {
                 (Some((j, req)), Some(r)) if j == job => {
-                    let req = crate::pipeline::icl::with_examples(req, &r.examples);
+                    let req = crate::engine::with_examples(req, &r.examples);
                     let source = format!("{}-shot sweep row", r.shots);
                     Some(HistoryEntry::finished(self.asked(&req, &source), caption))
                 }

@@ -14,7 +14,7 @@ use crate::error::Error;
 pub use crate::generate::{GenerationConfig, Timings};
 pub use crate::pipeline::attention::{AttentionMaps, TokenAttention};
 use crate::pipeline::icl::SweepEvent;
-pub use crate::pipeline::icl::{default_counts, Ablation};
+pub use crate::pipeline::icl::{default_counts, with_examples, Ablation};
 pub use crate::pipeline::{
     default_format, memory_needed, CaptionRequest, ImageInput, Prepared, Shot,
 };
