@@ -12,6 +12,7 @@ pub mod app;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod hub;
 pub mod image;

@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hub", &["error", "platform", "types"]),
     ("image", &["error", "types"]),
     ("text", &["error", "types"]),
+    ("eval", &["text", "error", "types"]),
     (
         "store",
         &["hub", "model", "nn", "types", "error", "platform"],
@@ -22,8 +23,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "pipeline",
         &[
-            "generate", "store", "hub", "model", "image", "text", "nn", "types", "error",
-            "platform",
+            "generate", "store", "hub", "model", "image", "text", "eval", "nn", "types",
+            "error", "platform",
         ],
     ),
     (
