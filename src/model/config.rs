@@ -16,6 +16,8 @@ pub struct VisionConfig {
     pub head_width: usize,
     pub mlp_ratio: f64,
     pub quick_gelu: bool,
+    /// Width of CLIP's image embedding (`proj`'s columns).
+    pub embed_dim: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -36,6 +38,7 @@ impl VisionConfig {
             head_width: 64,
             mlp_ratio: 4.0,
             quick_gelu: true,
+            embed_dim: 768,
             mean: CLIP_MEAN,
             std: CLIP_STD,
         }
@@ -103,6 +106,10 @@ impl VisionConfig {
             head_width,
             mlp_ratio,
             quick_gelu,
+            embed_dim: model
+                .get("embed_dim")
+                .and_then(Value::as_u64)
+                .map_or(768, |x| x as usize),
             mean: triple("mean", CLIP_MEAN),
             std: triple("std", CLIP_STD),
         })

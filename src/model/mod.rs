@@ -202,6 +202,16 @@ impl Flamingo {
     }
 
     /// Vision tower + perceiver: pixels [N, 3, S, S] → latents [N, num_latents, width].
+    /// CLIP image embeddings of images [B, C, H, W], unit length: [B, embed_dim].
+    pub fn embed_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vision.embed(pixels)
+    }
+
+    /// Which CLIP weights [`Flamingo::embed_images`] uses (a digest of `proj`).
+    pub fn embedding_fingerprint(&self) -> Result<String> {
+        self.vision.embedding_fingerprint()
+    }
+
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
         let tokens = self.vision_tokens(pixels)?;
         self.perceiver.forward(&tokens)

@@ -1,6 +1,7 @@
 //! CLIP ViT vision tower (open_clip key names) → patch tokens of the last residual stream,
 //! without the class token and without `ln_post`, as OpenFlamingo consumes them
-//! (docs/openflamingo.md §2).
+//! (docs/openflamingo.md §2); and CLIP's image embedding (`ln_post` of the class token times
+//! `proj`, open_clip's `encode_image`), which RICES compares images by.
 
 use candle_core::{Module, Tensor, D};
 
@@ -78,6 +79,8 @@ pub struct VisionTower {
     positional_embedding: Tensor,
     ln_pre: crate::nn::norm::LayerNorm,
     blocks: Vec<ResBlock>,
+    /// `ln_post` and `proj`, when the weights have them (open_clip's always do).
+    head: Option<(crate::nn::norm::LayerNorm, Tensor)>,
     cfg: VisionConfig,
 }
 
@@ -91,6 +94,9 @@ impl VisionTower {
             ("positional_embedding".into(), vec![g * g + 1, w]),
             ("ln_pre.weight".into(), vec![w]),
             ("ln_pre.bias".into(), vec![w]),
+            ("ln_post.weight".into(), vec![w]),
+            ("ln_post.bias".into(), vec![w]),
+            ("proj".into(), vec![w, cfg.embed_dim]),
         ];
         for i in 0..cfg.layers {
             let b = format!("transformer.resblocks.{i}");
@@ -137,8 +143,21 @@ impl VisionTower {
                 ),
             });
         }
+        let head = if vb.contains("ln_post.weight") && vb.contains("proj") {
+            let proj = vb.get_any("proj")?;
+            if proj.rank() != 2 || proj.dim(0)? != w {
+                return Err(Error::Config {
+                    path: "open_clip_model".into(),
+                    reason: format!("visual.proj has shape {:?}, not [{w}, embed_dim]", proj.dims()),
+                });
+            }
+            Some((layer_norm(vb, "ln_post", w, LN_EPS, true)?, proj))
+        } else {
+            None
+        };
         Ok(Self {
             patch,
+            head,
             class_embedding: vb.get(&[w], "class_embedding")?,
             positional_embedding: vb.get(&[n_tok, w], "positional_embedding")?,
             ln_pre: layer_norm(vb, "ln_pre", w, LN_EPS, true)?,
@@ -153,6 +172,45 @@ impl VisionTower {
 
     /// pixels [B, 3, S, S] → patch tokens [B, grid², width].
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.residual_stream(pixels)?;
+        let n = x.dim(1)?;
+        Ok(x.narrow(D::Minus2, 1, n - 1)?.contiguous()?)
+    }
+
+    /// pixels [B, 3, S, S] → CLIP image embeddings [B, embed_dim], scaled to unit length.
+    pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let Some((ln_post, proj)) = &self.head else {
+            return Err(Error::Invalid(
+                "these CLIP weights have no ln_post/proj, so they give no image embedding".into(),
+            ));
+        };
+        let x = self.residual_stream(pixels)?;
+        let cls = ln_post.forward(&x.narrow(D::Minus2, 0, 1)?.squeeze(1)?)?;
+        let e = cls.matmul(proj)?;
+        let norm = e.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        Ok(e.broadcast_div(&norm)?)
+    }
+
+    /// A short hex digest of `proj`: which CLIP weights an embedding came from (embeddings
+    /// kept on disk are valid only for the same weights).
+    pub fn embedding_fingerprint(&self) -> Result<String> {
+        use sha2::Digest;
+        let Some((_, proj)) = &self.head else {
+            return Err(Error::Invalid("these CLIP weights have no proj".into()));
+        };
+        let values = proj
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut h = sha2::Sha256::new();
+        for v in values {
+            h.update(v.to_le_bytes());
+        }
+        Ok(h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The residual stream after the last block, class token first: [B, grid² + 1, width].
+    fn residual_stream(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, hgt, wid) = pixels.dims4()?;
         let p = self.cfg.patch_size;
         let g = self.cfg.grid();
@@ -181,7 +239,6 @@ impl VisionTower {
         for blk in &self.blocks {
             x = blk.forward(&x)?;
         }
-        let n = x.dim(1)?;
-        Ok(x.narrow(D::Minus2, 1, n - 1)?.contiguous()?)
+        Ok(x)
     }
 }

@@ -8,6 +8,7 @@ pub mod attention;
 mod caches;
 pub mod icl;
 pub mod request;
+pub mod rices;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -301,16 +302,20 @@ impl Captioner {
     /// The one route from an image to its latents: decoded, preprocessed as the reference
     /// does, encoded by the vision tower and the perceiver.
     fn encode(&self, image: &RequestImage) -> Result<Tensor> {
+        self.model.encode_images(&self.pixels(image)?.unsqueeze(0)?)
+    }
+
+    /// An image as the vision tower takes it: [3, S, S], CLIP's preprocessing.
+    fn pixels(&self, image: &RequestImage) -> Result<Tensor> {
         let c = self.model.vision_config();
-        let pixels = crate::image::preprocess(
+        crate::image::preprocess(
             &image.bytes,
             &image.name,
             c.image_size as u32,
             c.mean,
             c.std,
             self.model.device(),
-        )?;
-        self.model.encode_images(&pixels.unsqueeze(0)?)
+        )
     }
 
     /// The media attention a request runs with: its own, else the model's.

@@ -300,9 +300,9 @@ pub fn from_model_cache(
     Ok(stores.build(vcfg, lm_cfg, media_id, device, format)?.0)
 }
 
-/// Bumped when the model cache's layout changes (2: every tensor's CRC-32 kept and checked);
-/// a file of another layout is rebuilt.
-const MODEL_LAYOUT: &str = "flamingo-model-2";
+/// Bumped when the model cache's layout changes (2: every tensor's CRC-32 kept and checked;
+/// 3: CLIP's `ln_post` and `proj` kept, for RICES); a file of another layout is rebuilt.
+const MODEL_LAYOUT: &str = "flamingo-model-3";
 
 fn model_cache_layout_ok(g: &GgufFile, format: WeightFormat) -> bool {
     let s = |k: &str| match g.content.metadata.get(k) {

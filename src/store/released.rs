@@ -69,6 +69,7 @@ impl Shape {
                 width: 64,
                 layers: 2,
                 head_width: 32,
+                embed_dim: 32,
                 ..VisionConfig::vit_l14()
             },
             LmConfig(std::sync::Arc::new(MosaicGptConfig {
