@@ -23,8 +23,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "pipeline",
         &[
-            "generate", "store", "hub", "model", "image", "text", "eval", "nn", "types",
-            "error", "platform",
+            "generate", "store", "hub", "model", "image", "text", "eval", "nn", "types", "error",
+            "platform",
         ],
     ),
     (

@@ -11,7 +11,9 @@ use flamingo::text::prompt::Task;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/eval")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -33,7 +35,10 @@ fn cider_d_equals_pycocoevalcap_on_the_same_tokens() {
         .map(|im| {
             let refs = strs(&im["refs_tokenized"]);
             assert_eq!(refs.len(), 5);
-            (im["prediction_tokenized"].as_str().unwrap().to_string(), refs)
+            (
+                im["prediction_tokenized"].as_str().unwrap().to_string(),
+                refs,
+            )
         })
         .collect();
     let inputs: Vec<CiderInput> = data
@@ -47,13 +52,21 @@ fn cider_d_equals_pycocoevalcap_on_the_same_tokens() {
     assert!(s.warning.is_none());
     for (im, ours) in images.iter().zip(&s.per_image) {
         let theirs = im["cider"].as_f64().unwrap();
-        assert!((ours - theirs).abs() < 1e-6, "image {}: {ours} vs {theirs}", im["id"]);
+        assert!(
+            (ours - theirs).abs() < 1e-6,
+            "image {}: {ours} vs {theirs}",
+            im["id"]
+        );
     }
     let theirs = f["cider"].as_f64().unwrap();
     assert!((s.mean - theirs).abs() < 1e-6, "{} vs {theirs}", s.mean);
     // The predictions vary in quality: the scores spread from 0 to well above 1.
     let max = s.per_image.iter().cloned().fold(0.0, f64::max);
-    assert!(s.per_image.iter().any(|&x| x == 0.0) && max > 2.0, "{:?}", s.per_image);
+    assert!(
+        s.per_image.iter().any(|&x| x == 0.0) && max > 2.0,
+        "{:?}",
+        s.per_image
+    );
 }
 
 #[test]
@@ -245,15 +258,30 @@ fn labelled_folders_in_every_format() {
     assert!(f.problems[0].contains("image_id 7"), "{:?}", f.problems);
 
     // Captions beside the images.
-    let d = temp_folder(&[("p.png", b""), ("p.txt", b"First.\n\nSecond.\n"), ("q.png", b"")]);
+    let d = temp_folder(&[
+        ("p.png", b""),
+        ("p.txt", b"First.\n\nSecond.\n"),
+        ("q.png", b""),
+    ]);
     let f = LabelledFolder::load(d.path()).unwrap();
     assert_eq!(f.items.len(), 1);
     assert_eq!(f.items[0].references, vec!["First.", "Second."]);
 
     // Nothing usable: one error naming the folder and the first problem.
-    let d = temp_folder(&[("captions.jsonl", b"{\"file\": \"none.png\", \"caption\": \"x\"}\n")]);
+    let d = temp_folder(&[(
+        "captions.jsonl",
+        b"{\"file\": \"none.png\", \"caption\": \"x\"}\n",
+    )]);
     let e = LabelledFolder::load(d.path()).unwrap_err().to_string();
-    assert!(e.contains("no labelled images") && e.contains("none.png"), "{e}");
-    let e = LabelledFolder::load(Path::new("/no/such/folder")).unwrap_err().to_string();
-    assert!(e.contains("/no/such/folder") && e.contains("no such folder"), "{e}");
+    assert!(
+        e.contains("no labelled images") && e.contains("none.png"),
+        "{e}"
+    );
+    let e = LabelledFolder::load(Path::new("/no/such/folder"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/no/such/folder") && e.contains("no such folder"),
+        "{e}"
+    );
 }

@@ -21,16 +21,18 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn rices_matches_open_flamingo() {
     let c = Captioner::load_from(&hub("hf"), flamingo::hub::DEFAULT_MODEL, &Device::Cpu).unwrap();
-    let f: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("eval/rices.json")).unwrap(),
-    )
-    .unwrap();
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("eval/rices.json")).unwrap())
+            .unwrap();
     let dir = fixtures().join("eval/library");
     let folder = LabelledFolder::load(&dir).unwrap();
     let names: Vec<String> = folder.items.iter().map(|i| i.file.clone()).collect();
@@ -53,13 +55,19 @@ fn rices_matches_open_flamingo() {
         .unwrap();
     assert_eq!((seen, lib.computed), (10, 10));
     let mut worst = 0.0f32;
-    for (ours, theirs) in lib.embeddings.iter().zip(f["library_features"].as_array().unwrap()) {
+    for (ours, theirs) in lib
+        .embeddings
+        .iter()
+        .zip(f["library_features"].as_array().unwrap())
+    {
         worst = worst.max(max_diff(ours, &floats(theirs)));
     }
     for q in f["queries"].as_array().unwrap() {
         let file = q["file"].as_str().unwrap();
         let e = c
-            .embed_image(&ImageInput::Path(fixtures().join("eval/queries").join(file)))
+            .embed_image(&ImageInput::Path(
+                fixtures().join("eval/queries").join(file),
+            ))
             .unwrap();
         worst = worst.max(max_diff(&e, &floats(&q["features"])));
         let picked: Vec<String> = lib
@@ -80,7 +88,9 @@ fn rices_matches_open_flamingo() {
 
     // Kept on disk: a second library reads every embedding back, a damaged line is embedded
     // again, and the results are the same.
-    let again = c.library(folder.clone(), Some(cache.path()), &no, |_, _| {}).unwrap();
+    let again = c
+        .library(folder.clone(), Some(cache.path()), &no, |_, _| {})
+        .unwrap();
     assert_eq!(again.computed, 0);
     assert_eq!(again.embeddings, lib.embeddings);
     let kept = std::fs::read_dir(cache.path().join("rices"))
@@ -92,16 +102,22 @@ fn rices_matches_open_flamingo() {
     let text = std::fs::read_to_string(&kept).unwrap();
     let damaged: String = text.replacen("\"embedding\":[", "\"embedding\":[x", 1);
     std::fs::write(&kept, damaged).unwrap();
-    let third = c.library(folder, Some(cache.path()), &no, |_, _| {}).unwrap();
+    let third = c
+        .library(folder, Some(cache.path()), &no, |_, _| {})
+        .unwrap();
     assert_eq!(third.computed, 1);
     assert!(max_diff(&third.embeddings[0], &lib.embeddings[0]) < 1e-6);
 
     // A query that is in the library is not its own example.
     let own = std::fs::read(dir.join("cat.png")).unwrap();
-    let e = c.embed_image(&ImageInput::Path(dir.join("cat.png"))).unwrap();
+    let e = c
+        .embed_image(&ImageInput::Path(dir.join("cat.png")))
+        .unwrap();
     let with_self = lib.most_similar(&e, 3, None);
     assert_eq!(lib.folder.items[*with_self.last().unwrap()].file, "cat.png");
     let without = lib.most_similar(&e, 3, Some(&own));
-    assert!(without.iter().all(|&i| lib.folder.items[i].file != "cat.png"));
+    assert!(without
+        .iter()
+        .all(|&i| lib.folder.items[i].file != "cat.png"));
     assert_eq!(without.len(), 3);
 }

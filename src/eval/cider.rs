@@ -72,18 +72,17 @@ fn vector(counts: &Counts, df: &HashMap<Vec<String>, f64>, ref_len: f64) -> Vect
 
 fn similarity(hyp: &Vector, r: &Vector) -> [f64; N] {
     let delta = hyp.length - r.length;
-    let mut val = [0.0; N];
-    for n in 0..N {
+    std::array::from_fn(|n| {
+        let mut v = 0.0;
         for (gram, &h) in &hyp.weights[n] {
             let rv = r.weights[n].get(gram).copied().unwrap_or(0.0);
-            val[n] += h.min(rv) * rv;
+            v += h.min(rv) * rv;
         }
         if hyp.norm[n] != 0.0 && r.norm[n] != 0.0 {
-            val[n] /= hyp.norm[n] * r.norm[n];
+            v /= hyp.norm[n] * r.norm[n];
         }
-        val[n] *= (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
-    }
-    val
+        v * (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp()
+    })
 }
 
 /// CIDEr-D over the given images.

@@ -225,7 +225,10 @@ impl LabelledFolder {
             };
             // Several answers (or captions) in one cell are separated by "|".
             let split = |s: String| -> Vec<String> {
-                s.split('|').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect()
+                s.split('|')
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty())
+                    .collect()
             };
             let question = get(question_col).filter(|q| !q.trim().is_empty());
             let refs = if question.is_some() {
@@ -511,7 +514,10 @@ fn strings(v: &Value, key: &str) -> Option<Vec<String>> {
         Value::String(s) => Some(vec![s.clone()]),
         Value::Array(a) => Some(
             a.iter()
-                .filter_map(|x| x.as_str().or_else(|| x.get("answer").and_then(Value::as_str)))
+                .filter_map(|x| {
+                    x.as_str()
+                        .or_else(|| x.get("answer").and_then(Value::as_str))
+                })
                 .map(String::from)
                 .collect(),
         ),

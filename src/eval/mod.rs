@@ -178,9 +178,7 @@ pub fn read_predictions(path: &Path) -> Result<PredictionsFile> {
         match serde_json::from_str::<Prediction>(line) {
             Ok(p) => out.predictions.push(p),
             Err(_) if i + 1 == lines.len() && !last_complete => out.cut_last_line = true,
-            Err(e) => out
-                .problems
-                .push(format!("{name} line {}: {e}", i + 1)),
+            Err(e) => out.problems.push(format!("{name} line {}: {e}", i + 1)),
         }
     }
     Ok(out)

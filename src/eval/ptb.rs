@@ -82,8 +82,7 @@ fn split_word(word: &str, out: &mut Vec<String>) {
     let mut w = word;
     // Leading quotes, brackets and a currency sign.
     let mut lead: Vec<String> = Vec::new();
-    loop {
-        let Some(c) = w.chars().next() else { break };
+    while let Some(c) = w.chars().next() {
         let rest = &w[c.len_utf8()..];
         let tok = match c {
             '"' => "``".to_string(),
@@ -132,9 +131,7 @@ fn split_word(word: &str, out: &mut Vec<String>) {
 }
 
 fn is_clitic(w: &str) -> bool {
-    ["'s", "'re", "'ve", "'d", "'ll", "'m", "'t"]
-        .iter()
-        .any(|c| w == *c)
+    ["'s", "'re", "'ve", "'d", "'ll", "'m", "'t"].contains(&w)
 }
 
 fn is_abbreviation(body: &str) -> bool {

@@ -90,9 +90,8 @@ fn process_punctuation(text: &str) -> String {
     let mut kept = String::with_capacity(out.len());
     let mut removed = 0;
     for (i, &c) in chars.iter().enumerate() {
-        let drop = c == '.'
-            && removed < 32
-            && !chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        let drop =
+            c == '.' && removed < 32 && !chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
         if drop {
             removed += 1;
         } else {

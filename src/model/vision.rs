@@ -148,7 +148,10 @@ impl VisionTower {
             if proj.rank() != 2 || proj.dim(0)? != w {
                 return Err(Error::Config {
                     path: "open_clip_model".into(),
-                    reason: format!("visual.proj has shape {:?}, not [{w}, embed_dim]", proj.dims()),
+                    reason: format!(
+                        "visual.proj has shape {:?}, not [{w}, embed_dim]",
+                        proj.dims()
+                    ),
                 });
             }
             Some((layer_norm(vb, "ln_post", w, LN_EPS, true)?, proj))
@@ -206,7 +209,10 @@ impl VisionTower {
         for v in values {
             h.update(v.to_le_bytes());
         }
-        Ok(h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect())
+        Ok(h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     /// The residual stream after the last block, class token first: [B, grid² + 1, width].
