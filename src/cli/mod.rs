@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 pub mod bench;
+mod eval;
 mod icl;
 pub mod npy;
 pub mod progress;
@@ -46,7 +47,7 @@ pub enum Command {
     /// Open the desktop app (the default without a subcommand).
     App(AppArgs),
     /// Caption QUERY_IMAGE, optionally after example images with their captions.
-    Caption(Box<CaptionArgs>),
+    Caption(Box<CaptionCmd>),
     /// The released models: family, whether this version runs them, what is in the cache.
     Models {
         #[arg(long)]
@@ -67,6 +68,10 @@ pub enum Command {
     /// What each example did: the caption's log-probability with each example left out and
     /// with the examples reversed (the caption is generated first unless --caption gives it).
     Ablate(Box<AblateArgs>),
+    /// Caption (or answer) every image of a labelled folder at each shot count, write the
+    /// predictions as JSON lines, and score them (CIDEr-D or VQA accuracy); or score existing
+    /// predictions with --predictions.
+    Eval(Box<eval::EvalArgs>),
     /// Time image encoding, prefill and decoding on random weights of a given shape.
     Bench(bench::BenchArgs),
     /// Time a shot sweep against a cold caption with all the examples and re-queries
@@ -134,6 +139,20 @@ pub struct PromptArgs {
     /// default: the model's own (`next` for OpenFlamingo-9B-deprecated).
     #[arg(long, value_enum)]
     pub media_attention: Option<MediaAttention>,
+}
+
+/// `flamingo caption`: the caption options, and examples chosen by RICES.
+#[derive(clap::Args, Debug)]
+pub struct CaptionCmd {
+    #[command(flatten)]
+    pub caption: CaptionArgs,
+    /// Take the examples from this labelled folder: the --shots images most like the query
+    /// (CLIP embedding, RICES), most similar last, each with its first caption (or answer).
+    #[arg(long, value_name = "DIR", requires = "shots")]
+    pub rices: Option<PathBuf>,
+    /// How many examples --rices picks.
+    #[arg(long, value_name = "K", requires = "rices")]
+    pub shots: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -322,10 +341,11 @@ impl Cli {
     /// else starts ([`crate::platform::configure_threads`]).
     pub fn threads(&self) -> Option<usize> {
         match &self.command {
-            Some(Command::Caption(a)) => a.prompt.threads.map(usize::from),
+            Some(Command::Caption(a)) => a.caption.prompt.threads.map(usize::from),
             Some(Command::Score(a)) => a.prompt.threads.map(usize::from),
             Some(Command::Sweep(a)) => a.caption.prompt.threads.map(usize::from),
             Some(Command::Ablate(a)) => a.caption.prompt.threads.map(usize::from),
+            Some(Command::Eval(a)) => a.threads.map(usize::from),
             Some(Command::Bench(a)) => a.threads.map(usize::from),
             Some(Command::BenchSweep(a)) => a.caption.prompt.threads.map(usize::from),
             _ => None,
@@ -367,6 +387,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Ablate(a)) => icl::ablate(*a),
         Some(Command::Models { json }) => models(json),
         Some(Command::Download { model }) => download(&model),
+        Some(Command::Eval(a)) => eval::eval(*a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::BenchSweep(a)) => bench::sweep_cost(*a),
         Some(Command::App(a)) => app(a),
@@ -641,14 +662,24 @@ fn caption_batch(a: &CaptionArgs, list: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn caption(a: CaptionArgs) -> anyhow::Result<()> {
+fn caption(cmd: CaptionCmd) -> anyhow::Result<()> {
+    let a = cmd.caption;
     if let Some(list) = a.prompt.batch.clone() {
         if a.prompt.query.is_some() {
             anyhow::bail!("give either QUERY_IMAGE or --batch, not both");
         }
+        if cmd.rices.is_some() {
+            anyhow::bail!("--rices picks examples for one query; use `flamingo eval --examples rices` for many");
+        }
         return caption_batch(&a, &list);
     }
     let (mut req, captioner) = a.prompt.load()?;
+    if let (Some(dir), Some(k)) = (&cmd.rices, cmd.shots) {
+        if !req.shots.is_empty() {
+            anyhow::bail!("give examples either with --shot or with --rices, not both");
+        }
+        req.shots = eval::rices_shots(&captioner, dir, k, &req)?;
+    }
     req.generation = a.generation();
     req.keep_logits = a.logits_out.is_some();
     req.top_logprobs = a.top_logprobs;

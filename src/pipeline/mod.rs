@@ -6,6 +6,7 @@
 
 pub mod attention;
 mod caches;
+pub mod evaluate;
 pub mod icl;
 pub mod request;
 pub mod rices;
