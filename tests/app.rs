@@ -1071,3 +1071,72 @@ fn messages_clear_when_their_cause_is_fixed() {
     h.run();
     assert_eq!(count(h.state()), 0);
 }
+
+#[test]
+fn evaluate_shows_the_table_and_the_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.state_mut().settings.max_new_tokens = 3;
+    h.get_by_label("Evaluate on a labelled folder").click();
+    h.run();
+    let folder = fixtures().join("eval/library");
+    let field = h.get_by_label("Labelled folder:");
+    field.focus();
+    field.type_text(&folder.display().to_string());
+    h.run();
+    assert_eq!(h.state().eval.folder, folder.display().to_string());
+    h.state_mut().eval.shots = "0,1".into();
+    h.run();
+    assert_eq!(h.state().eval.shot_counts().unwrap(), vec![0, 1]);
+    h.get_by_label("Evaluate").click();
+    wait_until(&mut h, "the evaluation", |a| {
+        a.eval
+            .runs
+            .first()
+            .is_some_and(|r| !a.eval.is_running() && r.done == r.total)
+    });
+    let run = &h.state().eval.runs[0];
+    assert_eq!(run.rows.len(), 20);
+    let report = run.report.clone().unwrap();
+    assert_eq!(report.results.len(), 2);
+    assert_eq!(report, flamingo::eval::score(run.task, &run.rows));
+    let first = run.rows[0].clone();
+    h.run();
+    // The curve's title, a row's image and prediction, and a sortable header are shown.
+    h.get_by_label("CIDEr-D against shots");
+    assert!(h.query_all_by_label("cat.png").count() >= 2);
+    if !first.prediction.trim().is_empty() {
+        assert!(h.query_all_by_label(&first.prediction).count() >= 1);
+    }
+    // Tall enough that the table's header is on screen.
+    h.set_size(egui::vec2(1180.0, 2600.0));
+    h.run();
+    h.get_by_label("score").click();
+    h.run();
+    assert_eq!(
+        h.state().eval.sort,
+        flamingo::app::eval_view::EvalSort::Score
+    );
+
+    // A second run by RICES, stopped part-way: what it made is kept.
+    h.get_by_label("RICES (most similar)").click();
+    h.run();
+    h.get_by_label("Evaluate").click();
+    wait_until(&mut h, "a first row", |a| {
+        a.eval.runs.len() == 2 && !a.eval.runs[1].rows.is_empty()
+    });
+    if h.state().eval.is_running() {
+        h.get_all_by_label("Stop").next().unwrap().click();
+    }
+    wait_until(&mut h, "the stop", |a| !a.eval.is_running());
+    let second = &h.state().eval.runs[1];
+    assert!(!second.rows.is_empty());
+    if second.phase == flamingo::app::eval_view::RunPhase::Stopped {
+        assert!(second.rows.len() < second.total);
+    }
+    // Export: JSON lines with a score per row.
+    let text = h.state().eval.render(false);
+    assert_eq!(text.lines().count(), second.rows.len());
+    assert!(text.lines().all(|l| l.contains("\"score\"")));
+}

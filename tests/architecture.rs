@@ -29,12 +29,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "engine",
-        &["pipeline", "generate", "hub", "types", "error", "platform"],
+        &[
+            "pipeline", "generate", "hub", "eval", "text", "types", "error", "platform",
+        ],
     ),
     (
         "app",
         &[
-            "engine", "hub", "image", "text", "types", "error", "platform",
+            "engine", "hub", "image", "text", "eval", "types", "error", "platform",
         ],
     ),
 ];

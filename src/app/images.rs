@@ -125,8 +125,13 @@ fn load(job: Job) -> Loaded {
 
 /// A thumbnail that keeps the aspect ratio, at most THUMB on its longer side.
 fn fit(src: &image::RgbImage) -> image::RgbImage {
+    fit_within(src, THUMB)
+}
+
+/// A thumbnail that keeps the aspect ratio, at most `side` on its longer side.
+pub fn fit_within(src: &image::RgbImage, side: u32) -> image::RgbImage {
     let (w, h) = src.dimensions();
-    let scale = (THUMB as f32 / w.max(h) as f32).min(1.0);
+    let scale = (side as f32 / w.max(h) as f32).min(1.0);
     let (tw, th) = (
         ((w as f32 * scale).round() as u32).max(1),
         ((h as f32 * scale).round() as u32).max(1),

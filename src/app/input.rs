@@ -16,6 +16,8 @@ pub(crate) enum DialogResult {
     Open(PathBuf),
     Save(PathBuf),
     Export(super::history::ExportFormat, PathBuf),
+    EvalFolder(PathBuf),
+    ExportEval(super::history::ExportFormat, PathBuf),
     /// The file dialog for this did not open (no xdg portal or zenity on this desktop).
     Unavailable(PathFor),
 }
@@ -27,6 +29,8 @@ pub enum PathFor {
     Open,
     Save,
     Export(super::history::ExportFormat),
+    EvalFolder,
+    ExportEval(super::history::ExportFormat),
 }
 
 /// A dialog that gives nothing sooner than this after it was asked for did not open: nobody

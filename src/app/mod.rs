@@ -14,6 +14,7 @@
 mod diagnostics;
 mod download_view;
 mod engine_status;
+pub mod eval_view;
 pub mod history;
 mod history_view;
 mod icl_view;
@@ -97,6 +98,8 @@ pub struct FlamingoApp {
     pub messages: Vec<Message>,
     pub frames: FrameStats,
     pub loading_images: usize,
+    /// The Evaluate view's inputs and runs.
+    pub eval: eval_view::EvalState,
     engine: Engine,
     loader: ImageLoader,
     token_count: Option<(String, Result<usize, String>)>,
@@ -175,6 +178,7 @@ impl FlamingoApp {
             messages: Vec::new(),
             frames: FrameStats::default(),
             loading_images: 0,
+            eval: eval_view::EvalState::default(),
             engine,
             loader,
             token_count: None,
@@ -273,7 +277,7 @@ impl FlamingoApp {
     }
 
     pub fn is_running(&self) -> bool {
-        self.status.is_running()
+        self.status.is_running() || self.eval.is_running()
     }
 
     pub fn set_drop_rects(&mut self, examples: egui::Rect, query: egui::Rect) {

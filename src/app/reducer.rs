@@ -88,6 +88,12 @@ pub enum Command {
     TogglePin(usize),
     /// Write the history to a file (a save dialog asks where).
     ExportHistory(ExportFormat),
+    /// Evaluate the prompt settings on the Evaluate view's labelled folder.
+    Evaluate,
+    /// Choose the labelled folder to evaluate on (a folder dialog).
+    PickEvalFolder,
+    /// Write the shown evaluation run's rows to a file (a save dialog asks where).
+    ExportEval(ExportFormat),
     /// Forget the history's unpinned entries (undoable).
     ClearHistory,
     /// Use the typed path for what the file dialog was for (where no dialog opens).
@@ -313,6 +319,8 @@ impl FlamingoApp {
                         PathFor::Open => self.apply(Command::OpenSet(path)),
                         PathFor::Save => self.apply(Command::SaveSet(path)),
                         PathFor::Export(fmt) => self.export_history(fmt, &path),
+                        PathFor::EvalFolder => self.eval.folder = path.display().to_string(),
+                        PathFor::ExportEval(fmt) => self.export_eval(fmt, &path),
                     }
                 }
             }
@@ -337,6 +345,44 @@ impl FlamingoApp {
                 self.spawn_dialog(Some(PathFor::Export(fmt)), async move {
                     dlg.await
                         .map(|h| DialogResult::Export(fmt, h.path().to_path_buf()))
+                });
+            }
+            Command::Evaluate => match self.eval.shot_counts() {
+                Err(e) => self.error(e),
+                Ok(shots) => {
+                    let folder = PathBuf::from(self.eval.folder.trim());
+                    let spec = crate::engine::EvalSpec {
+                        folder: folder.clone(),
+                        shots,
+                        rices: self.eval.rices,
+                        seed: self.eval.seed,
+                        caption_templates: self.ws.caption_templates.clone(),
+                        vqa_templates: self.ws.vqa_templates.clone(),
+                        generation: crate::engine::GenerationConfig {
+                            max_new_tokens: self.settings.max_new_tokens,
+                            ..self.settings.generation.clone()
+                        },
+                        batch_size: 1,
+                    };
+                    let job = self.engine.evaluate(spec);
+                    self.eval.start(job, folder);
+                }
+            },
+            Command::PickEvalFolder => {
+                let dlg = rfd::AsyncFileDialog::new().pick_folder();
+                self.spawn_dialog(Some(PathFor::EvalFolder), async move {
+                    dlg.await
+                        .map(|h| DialogResult::EvalFolder(h.path().to_path_buf()))
+                });
+            }
+            Command::ExportEval(fmt) => {
+                let dlg = rfd::AsyncFileDialog::new()
+                    .add_filter("Evaluation", &[fmt.extension()])
+                    .set_file_name(format!("flamingo-eval.{}", fmt.extension()))
+                    .save_file();
+                self.spawn_dialog(Some(PathFor::ExportEval(fmt)), async move {
+                    dlg.await
+                        .map(|h| DialogResult::ExportEval(fmt, h.path().to_path_buf()))
                 });
             }
             Command::Undo => {
@@ -528,6 +574,14 @@ impl FlamingoApp {
             ws.prompt().unwrap_or_default(),
             images.join("\n")
         )
+    }
+
+    fn export_eval(&mut self, fmt: ExportFormat, path: &std::path::Path) {
+        let text = self.eval.render(fmt == ExportFormat::Csv);
+        match state::write_atomic(path, text.as_bytes()) {
+            Ok(()) => self.info(format!("Exported the evaluation to {}", path.display())),
+            Err(e) => self.error(format!("Could not write {}: {e}", path.display())),
+        }
     }
 
     fn export_history(&mut self, fmt: ExportFormat, path: &std::path::Path) {
@@ -846,6 +900,8 @@ impl FlamingoApp {
                 DialogResult::Open(p) => self.apply(Command::OpenSet(p)),
                 DialogResult::Save(p) => self.apply(Command::SaveSet(p)),
                 DialogResult::Export(fmt, p) => self.export_history(fmt, &p),
+                DialogResult::EvalFolder(p) => self.eval.folder = p.display().to_string(),
+                DialogResult::ExportEval(fmt, p) => self.export_eval(fmt, &p),
                 DialogResult::Unavailable(for_) => {
                     self.error(
                         "No file dialog could be opened on this desktop (it needs \
@@ -888,6 +944,9 @@ impl FlamingoApp {
         if let Some(e) = done {
             super::history::push(&mut self.set_mut(false).history, e);
             self.mark_unsaved();
+        }
+        if let Some(msg) = self.eval.on_event(&ev, &self.ctx) {
+            self.error(msg);
         }
         match self.status.apply(ev, self.ws.task) {
             Some(Notice::Loaded) => {

@@ -53,6 +53,8 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
             ui.add_space(8.0);
             super::history_view::history_area(app, ui, &mut cmds);
             ui.add_space(8.0);
+            super::eval_view::evaluate_area(app, ui, &mut cmds);
+            ui.add_space(8.0);
             ranking(app, ui, &mut cmds);
             ui.add_space(8.0);
             prompt_preview(app, ui, &mut cmds);
@@ -779,6 +781,8 @@ fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                 super::input::PathFor::Open => "Prompt set to open:",
                 super::input::PathFor::Save => "Save the set as:",
                 super::input::PathFor::Export(_) => "Export the history to:",
+                super::input::PathFor::EvalFolder => "Labelled folder:",
+                super::input::PathFor::ExportEval(_) => "Export the evaluation to:",
             });
             let r = ui
                 .add(

@@ -76,7 +76,26 @@ pub enum Request {
         request: Box<CaptionRequest>,
         caption: Vec<u32>,
     },
+    /// Caption (or answer) every item of a labelled folder at each shot count.
+    Evaluate {
+        job: JobId,
+        spec: Box<EvalSpec>,
+    },
     Shutdown,
+}
+
+/// What the app asks to evaluate: plain data (the engine reads the folder and builds the plan).
+#[derive(Clone, Debug)]
+pub struct EvalSpec {
+    pub folder: std::path::PathBuf,
+    pub shots: Vec<usize>,
+    /// Examples by RICES (the folder's images most like each query); else drawn at random.
+    pub rices: bool,
+    pub seed: u64,
+    pub caption_templates: crate::text::prompt::Templates,
+    pub vqa_templates: crate::text::prompt::Templates,
+    pub generation: GenerationConfig,
+    pub batch_size: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -201,6 +220,30 @@ pub enum Event {
     },
     /// A `Prepare` request ran (also when it found everything done already).
     Prepared(Prepared),
+    /// An evaluation read its folder: every item, the task, the rows to make.
+    EvalStarted {
+        job: JobId,
+        task: crate::text::prompt::Task,
+        items: Vec<(String, std::path::PathBuf)>,
+        total: usize,
+        /// Rows of the labels that could not be used.
+        problems: Vec<String>,
+    },
+    EvalRow {
+        job: JobId,
+        prediction: crate::eval::Prediction,
+        done: usize,
+        total: usize,
+    },
+    EvalItemFailed {
+        job: JobId,
+        image: String,
+        shots: usize,
+        error: String,
+    },
+    EvalFinished {
+        job: JobId,
+    },
     Cancelled {
         job: JobId,
     },
@@ -238,6 +281,10 @@ impl std::fmt::Debug for Event {
             }
             Event::Scored { job, ranked } => write!(f, "Scored({job}, {ranked:?})"),
             Event::Prepared(p) => write!(f, "Prepared({p:?})"),
+            Event::EvalStarted { job, total, .. } => write!(f, "EvalStarted({job}, {total})"),
+            Event::EvalRow { job, done, .. } => write!(f, "EvalRow({job}, {done})"),
+            Event::EvalItemFailed { job, image, .. } => write!(f, "EvalItemFailed({job}, {image})"),
+            Event::EvalFinished { job } => write!(f, "EvalFinished({job})"),
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
             Event::Failed { job, error } => write!(f, "Failed({job}, {error})"),
         }
@@ -337,6 +384,14 @@ impl Engine {
             request: Box::new(request),
             counts,
             pick,
+        })
+    }
+
+    /// Queues an evaluation and returns its id.
+    pub fn evaluate(&mut self, spec: EvalSpec) -> JobId {
+        self.queue(|job| Request::Evaluate {
+            job,
+            spec: Box::new(spec),
         })
     }
 
@@ -524,7 +579,8 @@ impl Request {
             | Request::Score { job, .. }
             | Request::Sweep { job, .. }
             | Request::Ablate { job, .. }
-            | Request::Explain { job, .. } => Some(*job),
+            | Request::Explain { job, .. }
+            | Request::Evaluate { job, .. } => Some(*job),
             Request::Load { .. } | Request::Prepare { .. } | Request::Shutdown => None,
         }
     }
@@ -621,10 +677,82 @@ fn run_job(
             job,
             maps: c.attention_maps(&request, &caption, cancel)?,
         }),
+        Request::Evaluate { job, spec } => {
+            evaluate(c, job, &spec, cancel, send)?;
+            Ok(Event::EvalFinished { job })
+        }
         Request::Load { .. } | Request::Prepare { .. } | Request::Shutdown => {
             Err(Error::Invalid("not a job for the loaded model".into()))
         }
     }
+}
+
+/// Runs an evaluation: the folder read, the RICES library embedded (kept on disk) when
+/// asked, then each row sent as it is made.
+fn evaluate(
+    c: &Captioner,
+    job: JobId,
+    spec: &EvalSpec,
+    cancel: &AtomicBool,
+    send: &dyn Fn(Event),
+) -> crate::error::Result<()> {
+    use crate::pipeline::evaluate::{EvalEvent, EvalPlan, ExampleSource};
+    use crate::text::prompt::Task;
+    let data = crate::eval::LabelledFolder::load(&spec.folder)?;
+    let source = if spec.rices {
+        let lib = c.library(
+            data.clone(),
+            Some(&crate::platform::app_cache_dir()),
+            cancel,
+            |_, _| {},
+        )?;
+        ExampleSource::Rices(Arc::new(lib))
+    } else {
+        ExampleSource::Random { seed: spec.seed }
+    };
+    let plan = EvalPlan {
+        task: data.task,
+        templates: match data.task {
+            Task::Caption => spec.caption_templates.clone(),
+            Task::Vqa => spec.vqa_templates.clone(),
+        },
+        data,
+        pool: None,
+        shots: spec.shots.clone(),
+        source,
+        generation: spec.generation.clone(),
+        batch_size: spec.batch_size,
+    };
+    send(Event::EvalStarted {
+        job,
+        task: plan.task,
+        items: plan
+            .data
+            .items
+            .iter()
+            .map(|i| (i.file.clone(), i.image.clone()))
+            .collect(),
+        total: plan.total(),
+        problems: plan.data.problems.clone(),
+    });
+    c.evaluate(&plan, &Default::default(), cancel, |e| match e {
+        EvalEvent::Row {
+            prediction,
+            done,
+            total,
+        } => send(Event::EvalRow {
+            job,
+            prediction: prediction.clone(),
+            done,
+            total,
+        }),
+        EvalEvent::Failed { item, shots, error } => send(Event::EvalItemFailed {
+            job,
+            image: item.file.clone(),
+            shots,
+            error: error.to_string(),
+        }),
+    })
 }
 
 /// What the app keeps of a caption: each token with its text, probability and alternatives.
