@@ -1140,3 +1140,87 @@ fn evaluate_shows_the_table_and_the_curve() {
     assert_eq!(text.lines().count(), second.rows.len());
     assert!(text.lines().all(|l| l.contains("\"score\"")));
 }
+
+#[test]
+fn examples_come_from_a_library_by_rices() {
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("eval/rices.json")).unwrap())
+            .unwrap();
+    let expect = |i: usize| -> Vec<String> {
+        f["queries"][i]["top4_most_similar_last"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    let set_query = |h: &mut Harness<'_, FlamingoApp>, name: &str| {
+        h.state_mut().apply(Command::AddImages {
+            sources: vec![flamingo::app::images::Source::Path(
+                fixtures().join("eval/queries").join(name),
+            )],
+            to: flamingo::app::DropTarget::Query,
+        });
+    };
+    set_query(&mut h, "cat_query.png");
+    wait_until(&mut h, "the query", |a| {
+        a.loading_images == 0
+            && a.ws
+                .query
+                .as_ref()
+                .is_some_and(|q| q.name == "cat_query.png")
+    });
+    let library = fixtures().join("eval/library");
+    h.state_mut()
+        .apply(Command::ExamplesFromLibrary(library.clone()));
+    wait_until(&mut h, "the picked examples", |a| {
+        a.eval.pick_job.is_none() && a.loading_images == 0 && a.ws.examples.len() == 4
+    });
+    let names: Vec<String> = h
+        .state()
+        .ws
+        .examples
+        .iter()
+        .map(|e| e.image.name.clone())
+        .collect();
+    assert_eq!(names, expect(0));
+    assert_eq!(
+        h.state().ws.examples[3].text.caption,
+        "A tabby cat looks to the left."
+    );
+    h.get_by_label("re-pick for each query").click();
+    h.run();
+    assert!(h.state().eval.follow_query);
+    // A new query picks its own examples.
+    set_query(&mut h, "rocket_query.png");
+    wait_until(&mut h, "the re-picked examples", |a| {
+        a.eval.pick_job.is_none()
+            && a.loading_images == 0
+            && a.ws
+                .examples
+                .first()
+                .is_some_and(|e| e.image.name == expect(1)[0])
+    });
+    let names: Vec<String> = h
+        .state()
+        .ws
+        .examples
+        .iter()
+        .map(|e| e.image.name.clone())
+        .collect();
+    assert_eq!(names, expect(1));
+    // Undo brings back the examples before the pick.
+    h.state_mut().apply(Command::Undo);
+    h.run();
+    let names: Vec<String> = h
+        .state()
+        .ws
+        .examples
+        .iter()
+        .map(|e| e.image.name.clone())
+        .collect();
+    assert_eq!(names, expect(0));
+}

@@ -86,6 +86,12 @@ pub struct EvalState {
     /// The run whose rows the table shows.
     pub shown: usize,
     pub sort: EvalSort,
+    /// Examples → From library: the labelled folder RICES picks the examples from, how many,
+    /// whether a new query picks them again, and the running pick.
+    pub library: Option<PathBuf>,
+    pub library_k: usize,
+    pub follow_query: bool,
+    pub pick_job: Option<JobId>,
     thumbs: HashMap<PathBuf, egui::TextureHandle>,
     thumb_tx: Sender<(PathBuf, egui::ColorImage)>,
     thumb_rx: Receiver<(PathBuf, egui::ColorImage)>,
@@ -102,6 +108,10 @@ impl Default for EvalState {
             runs: Vec::new(),
             shown: 0,
             sort: EvalSort::default(),
+            library: None,
+            library_k: 4,
+            follow_query: false,
+            pick_job: None,
             thumbs: HashMap::new(),
             thumb_tx,
             thumb_rx,

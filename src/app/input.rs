@@ -17,6 +17,7 @@ pub(crate) enum DialogResult {
     Save(PathBuf),
     Export(super::history::ExportFormat, PathBuf),
     EvalFolder(PathBuf),
+    Library(PathBuf),
     ExportEval(super::history::ExportFormat, PathBuf),
     /// The file dialog for this did not open (no xdg portal or zenity on this desktop).
     Unavailable(PathFor),
@@ -30,6 +31,7 @@ pub enum PathFor {
     Save,
     Export(super::history::ExportFormat),
     EvalFolder,
+    Library,
     ExportEval(super::history::ExportFormat),
 }
 

@@ -92,6 +92,10 @@ pub enum Command {
     Evaluate,
     /// Choose the labelled folder to evaluate on (a folder dialog).
     PickEvalFolder,
+    /// Examples → From library…: choose a labelled folder (a folder dialog).
+    PickLibrary,
+    /// Replace the examples by the library's images most like the query (RICES).
+    ExamplesFromLibrary(PathBuf),
     /// Write the shown evaluation run's rows to a file (a save dialog asks where).
     ExportEval(ExportFormat),
     /// Forget the history's unpinned entries (undoable).
@@ -320,6 +324,7 @@ impl FlamingoApp {
                         PathFor::Save => self.apply(Command::SaveSet(path)),
                         PathFor::Export(fmt) => self.export_history(fmt, &path),
                         PathFor::EvalFolder => self.eval.folder = path.display().to_string(),
+                        PathFor::Library => self.apply(Command::ExamplesFromLibrary(path)),
                         PathFor::ExportEval(fmt) => self.export_eval(fmt, &path),
                     }
                 }
@@ -368,6 +373,32 @@ impl FlamingoApp {
                     self.eval.start(job, folder);
                 }
             },
+            Command::PickLibrary => {
+                let dlg = rfd::AsyncFileDialog::new().pick_folder();
+                self.spawn_dialog(Some(PathFor::Library), async move {
+                    dlg.await
+                        .map(|h| DialogResult::Library(h.path().to_path_buf()))
+                });
+            }
+            Command::ExamplesFromLibrary(folder) => {
+                self.eval.library = Some(folder.clone());
+                match &self.ws.query {
+                    None => self.error(
+                        "Choose a query image first: the examples are the library's images most \
+                         like it."
+                            .into(),
+                    ),
+                    Some(q) => {
+                        let job = self.engine.pick_examples(
+                            folder,
+                            image_input(q),
+                            self.eval.library_k.max(1),
+                            self.ws.task,
+                        );
+                        self.eval.pick_job = Some(job);
+                    }
+                }
+            }
             Command::PickEvalFolder => {
                 let dlg = rfd::AsyncFileDialog::new().pick_folder();
                 self.spawn_dialog(Some(PathFor::EvalFolder), async move {
@@ -832,6 +863,7 @@ impl FlamingoApp {
         for ev in self.engine.poll() {
             self.on_event(ev);
         }
+        let mut repick = None;
         while let Ok(l) = self.loader.rx.try_recv() {
             self.loading_images = self.loading_images.saturating_sub(1);
             match l {
@@ -869,7 +901,13 @@ impl FlamingoApp {
                             text,
                             enabled,
                         }),
-                        _ => set.query = Some(item),
+                        _ => {
+                            set.query = Some(item);
+                            // A new query re-picks its examples from the library when asked.
+                            if self.eval.follow_query && !self.editing_variant {
+                                repick = self.eval.library.clone();
+                            }
+                        }
                     }
                     self.next_id += 1;
                     self.mark_dirty();
@@ -878,6 +916,9 @@ impl FlamingoApp {
                     self.error(format!("{name} was not added: {error}"));
                 }
             }
+        }
+        if let Some(lib) = repick {
+            self.apply(Command::ExamplesFromLibrary(lib));
         }
         while let Ok(r) = self.autosave_rx.try_recv() {
             match r {
@@ -901,6 +942,7 @@ impl FlamingoApp {
                 DialogResult::Save(p) => self.apply(Command::SaveSet(p)),
                 DialogResult::Export(fmt, p) => self.export_history(fmt, &p),
                 DialogResult::EvalFolder(p) => self.eval.folder = p.display().to_string(),
+                DialogResult::Library(p) => self.apply(Command::ExamplesFromLibrary(p)),
                 DialogResult::ExportEval(fmt, p) => self.export_eval(fmt, &p),
                 DialogResult::Unavailable(for_) => {
                     self.error(
@@ -944,6 +986,24 @@ impl FlamingoApp {
         if let Some(e) = done {
             super::history::push(&mut self.set_mut(false).history, e);
             self.mark_unsaved();
+        }
+        if let Event::ExamplesPicked { job, examples } = &ev {
+            if self.eval.pick_job == Some(*job) {
+                self.eval.pick_job = None;
+                self.remember("examples from the library".into());
+                self.ws.examples.clear();
+                for (path, text) in examples {
+                    self.loading_images += 1;
+                    self.loader.submit(
+                        Source::Path(path.clone()),
+                        Target::Example {
+                            text: text.clone(),
+                            enabled: true,
+                        },
+                    );
+                }
+                self.mark_dirty();
+            }
         }
         if let Some(msg) = self.eval.on_event(&ev, &self.ctx) {
             self.error(msg);

@@ -405,7 +405,32 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         {
             cmds.push(Command::PasteImage(DropTarget::Examples));
         }
+        if ui
+            .button("From library…")
+            .on_hover_text(
+                "Pick a labelled folder: the examples become its images most like the query \
+                 (RICES), most similar last, each with its caption.",
+            )
+            .clicked()
+        {
+            cmds.push(Command::PickLibrary);
+        }
     });
+    if let Some(lib) = app.eval.library.clone() {
+        ui.horizontal_wrapped(|ui| {
+            let name = lib.file_name().map_or(lib.display().to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            });
+            ui.label(RichText::new(format!("Library: {name}")).small());
+            let l = ui.label(RichText::new("examples").small());
+            ui.add(egui::DragValue::new(&mut app.eval.library_k).range(1..=16))
+                .labelled_by(l.id);
+            ui.checkbox(&mut app.eval.follow_query, "re-pick for each query");
+            if ui.small_button("Pick again").clicked() {
+                cmds.push(Command::ExamplesFromLibrary(lib.clone()));
+            }
+        });
+    }
     ui.label(RichText::new("Drop image files here. Each example is an image with its caption; they go into the prompt in this order.").small().weak());
     if app.loading_images > 0 {
         ui.horizontal(|ui| {
@@ -782,6 +807,7 @@ fn messages(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                 super::input::PathFor::Save => "Save the set as:",
                 super::input::PathFor::Export(_) => "Export the history to:",
                 super::input::PathFor::EvalFolder => "Labelled folder:",
+                super::input::PathFor::Library => "Example library (a labelled folder):",
                 super::input::PathFor::ExportEval(_) => "Export the evaluation to:",
             });
             let r = ui

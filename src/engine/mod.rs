@@ -81,6 +81,14 @@ pub enum Request {
         job: JobId,
         spec: Box<EvalSpec>,
     },
+    /// The `k` items of a labelled folder most like the query (RICES), to use as examples.
+    PickExamples {
+        job: JobId,
+        folder: std::path::PathBuf,
+        query: ImageInput,
+        k: usize,
+        task: crate::text::prompt::Task,
+    },
     Shutdown,
 }
 
@@ -244,6 +252,11 @@ pub enum Event {
     EvalFinished {
         job: JobId,
     },
+    /// The examples RICES picked, most similar last: each image's path and its text.
+    ExamplesPicked {
+        job: JobId,
+        examples: Vec<(std::path::PathBuf, crate::text::prompt::ShotText)>,
+    },
     Cancelled {
         job: JobId,
     },
@@ -285,6 +298,9 @@ impl std::fmt::Debug for Event {
             Event::EvalRow { job, done, .. } => write!(f, "EvalRow({job}, {done})"),
             Event::EvalItemFailed { job, image, .. } => write!(f, "EvalItemFailed({job}, {image})"),
             Event::EvalFinished { job } => write!(f, "EvalFinished({job})"),
+            Event::ExamplesPicked { job, examples } => {
+                write!(f, "ExamplesPicked({job}, {})", examples.len())
+            }
             Event::Cancelled { job } => write!(f, "Cancelled({job})"),
             Event::Failed { job, error } => write!(f, "Failed({job}, {error})"),
         }
@@ -384,6 +400,23 @@ impl Engine {
             request: Box::new(request),
             counts,
             pick,
+        })
+    }
+
+    /// Queues a RICES pick of `k` examples from a labelled folder for `query`.
+    pub fn pick_examples(
+        &mut self,
+        folder: std::path::PathBuf,
+        query: ImageInput,
+        k: usize,
+        task: crate::text::prompt::Task,
+    ) -> JobId {
+        self.queue(|job| Request::PickExamples {
+            job,
+            folder,
+            query,
+            k,
+            task,
         })
     }
 
@@ -580,7 +613,8 @@ impl Request {
             | Request::Sweep { job, .. }
             | Request::Ablate { job, .. }
             | Request::Explain { job, .. }
-            | Request::Evaluate { job, .. } => Some(*job),
+            | Request::Evaluate { job, .. }
+            | Request::PickExamples { job, .. } => Some(*job),
             Request::Load { .. } | Request::Prepare { .. } | Request::Shutdown => None,
         }
     }
@@ -677,6 +711,51 @@ fn run_job(
             job,
             maps: c.attention_maps(&request, &caption, cancel)?,
         }),
+        Request::PickExamples {
+            job,
+            folder,
+            query,
+            k,
+            task,
+        } => {
+            let data = crate::eval::LabelledFolder::load(&folder)?;
+            if data.task != task {
+                return Err(Error::Invalid(format!(
+                    "{} holds {} labels; the working set is {}",
+                    folder.display(),
+                    if data.task == crate::text::prompt::Task::Vqa {
+                        "question"
+                    } else {
+                        "caption"
+                    },
+                    if task == crate::text::prompt::Task::Vqa {
+                        "VQA"
+                    } else {
+                        "captions"
+                    },
+                )));
+            }
+            let lib = c.library(
+                data,
+                Some(&crate::platform::app_cache_dir()),
+                cancel,
+                |_, _| {},
+            )?;
+            let e = c.embed_image(&query)?;
+            let bytes = query.bytes()?;
+            let examples = lib
+                .most_similar(&e, k, Some(&bytes))
+                .into_iter()
+                .map(|i| {
+                    let item = &lib.folder.items[i];
+                    (
+                        item.image.clone(),
+                        crate::pipeline::evaluate::example_text(task, item),
+                    )
+                })
+                .collect();
+            Ok(Event::ExamplesPicked { job, examples })
+        }
         Request::Evaluate { job, spec } => {
             evaluate(c, job, &spec, cancel, send)?;
             Ok(Event::EvalFinished { job })
