@@ -497,3 +497,31 @@ fn sweep_and_ablate_json() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3-shot"), "{err}");
 }
+
+/// `bench-stop` stops a caption, a beam search and a scoring in each phase and runs a request
+/// after each stop (on the tiny model its phases are short; the figures come from full-size
+/// runs, docs/performance.md).
+#[test]
+fn bench_stop_reports_every_phase() {
+    let out = flamingo()
+        .env("HF_HOME", fixtures().join("hf"))
+        .arg("bench-stop")
+        .arg("--shot")
+        .arg(img("chelsea.png"))
+        .arg("A cat.")
+        .arg(img("astronaut.png"))
+        .args(["--max-new-tokens", "8", "--points", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json_stdout(&out);
+    let phases = v["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["image encoding", "prompt", "decoding", "beam search", "scoring"]
+    );
+    for p in phases {
+        assert!(p["worst_ms"].as_f64().unwrap() >= 0.0);
+    }
+}

@@ -14,6 +14,7 @@ macro_rules! outln {
 pub mod bench;
 mod eval;
 mod icl;
+mod stop_latency;
 pub mod npy;
 pub mod progress;
 
@@ -77,6 +78,9 @@ pub enum Command {
     /// Time a shot sweep against a cold caption with all the examples and re-queries
     /// (the sweep's cost target), on a model from the hub cache.
     BenchSweep(Box<bench::SweepCostArgs>),
+    /// How long Stop takes in each phase of a caption, a beam search and a scoring (and that
+    /// the next request works), on a model from the hub cache.
+    BenchStop(Box<stop_latency::StopLatencyArgs>),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -348,6 +352,7 @@ impl Cli {
             Some(Command::Eval(a)) => a.threads.map(usize::from),
             Some(Command::Bench(a)) => a.threads.map(usize::from),
             Some(Command::BenchSweep(a)) => a.caption.prompt.threads.map(usize::from),
+            Some(Command::BenchStop(a)) => a.caption.prompt.threads.map(usize::from),
             _ => None,
         }
     }
@@ -390,6 +395,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(a)) => eval::eval(*a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::BenchSweep(a)) => bench::sweep_cost(*a),
+        Some(Command::BenchStop(a)) => stop_latency::run(*a),
         Some(Command::App(a)) => app(a),
         None => app(AppArgs::default()),
     }
