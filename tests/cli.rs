@@ -513,13 +513,26 @@ fn bench_stop_reports_every_phase() {
         .args(["--max-new-tokens", "8", "--points", "2"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json_stdout(&out);
     let phases = v["phases"].as_array().unwrap();
-    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
-        ["image encoding", "prompt", "decoding", "beam search", "scoring"]
+        [
+            "image encoding",
+            "prompt",
+            "decoding",
+            "beam search",
+            "scoring"
+        ]
     );
     for p in phases {
         assert!(p["worst_ms"].as_f64().unwrap() >= 0.0);

@@ -14,9 +14,9 @@ macro_rules! outln {
 pub mod bench;
 mod eval;
 mod icl;
-mod stop_latency;
 pub mod npy;
 pub mod progress;
+mod stop_latency;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -69,7 +69,9 @@ pub fn run(a: StopLatencyArgs) -> anyhow::Result<()> {
     captioner.score(&req, &candidates, &no)?;
     let score_total = t.elapsed().as_secs_f64();
 
-    type Op<'a> = Box<dyn Fn(&Captioner, &CaptionRequest, &AtomicBool) -> crate::error::Result<()> + Sync + 'a>;
+    type Op<'a> = Box<
+        dyn Fn(&Captioner, &CaptionRequest, &AtomicBool) -> crate::error::Result<()> + Sync + 'a,
+    >;
     let caption: Op = Box::new(|c, r, x| c.caption(r, x, |_| {}).map(|_| ()));
     let score: Op = Box::new(|c, r, x| c.score(r, &candidates, x).map(|_| ()));
     let phases: Vec<(&str, f64, f64, &CaptionRequest, &Op)> = vec![
