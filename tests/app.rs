@@ -1224,3 +1224,41 @@ fn examples_come_from_a_library_by_rices() {
         .collect();
     assert_eq!(names, expect(0));
 }
+
+fn disabled(h: &Harness<'_, FlamingoApp>, label: &str) -> bool {
+    use egui_kittest::kittest::NodeT;
+    h.get_by_role_and_label(egui::accesskit::Role::SpinButton, label)
+        .accesskit_node()
+        .is_disabled()
+}
+
+#[test]
+fn the_decoding_menu_stays_open_greys_what_is_unused_and_has_beam_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.get_by_label("Decoding").click();
+    h.run();
+    // Greedy: the sampling values are there but greyed out.
+    assert!(disabled(&h, "temperature"));
+    h.get_by_label("sample").click();
+    h.run();
+    // The click did not close the menu, and the sampling values are now enabled.
+    assert!(h.state().settings.generation.do_sample);
+    assert!(!disabled(&h, "temperature"));
+    assert!(disabled(&h, "beams"));
+    h.get_by_label("beam search").click();
+    h.run();
+    let g = h.state().settings.generation.clone();
+    assert_eq!((g.do_sample, g.num_beams), (false, 3));
+    assert!(!disabled(&h, "beams"));
+    assert!(disabled(&h, "top-p"));
+    // Press Escape to close the menu; beam search captions as the pipeline does.
+    h.key_press(egui::Key::Escape);
+    h.run();
+    generate_and_wait(&mut h, 5);
+    let caption = h.state().status.output.caption.clone().unwrap();
+    let req = h.state().build_request().unwrap();
+    assert_eq!(req.generation.num_beams, 3);
+    assert_eq!(caption.raw_text, caption_of(&req));
+}

@@ -254,7 +254,13 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
             cmds.push(Command::SetTask(task));
         }
         ui.separator();
-        ui.menu_button("Decoding", |ui| decoding_menu(app, ui));
+        // The menu stays open while its values are clicked and typed (a click outside closes it).
+        egui::containers::menu::MenuButton::new("Decoding")
+            .config(
+                egui::containers::menu::MenuConfig::new()
+                    .close_behavior(egui::PopupCloseBehavior::CloseOnClickOutside),
+            )
+            .ui(ui, |ui| decoding_menu(app, ui));
         let max_label = ui.label("Max new tokens");
         ui.add(egui::DragValue::new(&mut app.settings.max_new_tokens).range(1..=2000))
             .labelled_by(max_label.id);
@@ -270,36 +276,86 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
 
 fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
     let g = &mut app.settings.generation;
-    ui.checkbox(&mut g.do_sample, "Sample (otherwise greedy)");
+    let beams = g.num_beams > 1;
+    ui.horizontal(|ui| {
+        ui.label("Strategy");
+        if ui
+            .selectable_label(!g.do_sample && !beams, "greedy")
+            .clicked()
+        {
+            g.do_sample = false;
+            g.num_beams = 1;
+        }
+        if ui
+            .selectable_label(g.do_sample && !beams, "sample")
+            .clicked()
+        {
+            g.do_sample = true;
+            g.num_beams = 1;
+        }
+        if ui.selectable_label(beams, "beam search").clicked() && !beams {
+            g.do_sample = false;
+            g.num_beams = 3;
+        }
+    });
+    let sampling = g.do_sample;
+    let beams = g.num_beams > 1;
     egui::Grid::new("decoding").num_columns(2).show(ui, |ui| {
-        let row = |ui: &mut Ui, name: &str, w: egui::DragValue<'_>| {
-            let l = ui.label(name);
-            ui.add(w).labelled_by(l.id);
+        let row = |ui: &mut Ui, name: &str, enabled: bool, w: egui::DragValue<'_>| {
+            let l = ui.add_enabled(enabled, egui::Label::new(name));
+            ui.add_enabled(enabled, w)
+                .labelled_by(l.id)
+                .on_disabled_hover_text("used when sampling");
             ui.end_row();
         };
         row(
             ui,
             "temperature",
+            sampling,
             egui::DragValue::new(&mut g.temperature)
                 .range(0.05..=5.0)
-                .speed(0.01),
+                .speed(0.01)
+                .max_decimals(3),
         );
         row(
             ui,
             "top-k (0 = off)",
+            sampling,
             egui::DragValue::new(&mut g.top_k).range(0..=1000),
         );
         row(
             ui,
             "top-p",
+            sampling,
             egui::DragValue::new(&mut g.top_p)
                 .range(0.01..=1.0)
-                .speed(0.01),
+                .speed(0.01)
+                .max_decimals(3),
         );
-        row(ui, "seed", egui::DragValue::new(&mut g.seed));
+        row(ui, "seed", sampling, egui::DragValue::new(&mut g.seed));
+        let l = ui.add_enabled(beams, egui::Label::new("beams"));
+        ui.add_enabled(
+            beams,
+            egui::DragValue::new(&mut g.num_beams)
+                .range(2..=8)
+                // Greedy and sampling keep 1 beam: shown, not clamped into beam search.
+                .clamp_existing_to_range(false),
+        )
+        .labelled_by(l.id)
+        .on_disabled_hover_text("used with beam search");
+        ui.end_row();
+        row(
+            ui,
+            "length penalty",
+            beams,
+            egui::DragValue::new(&mut g.length_penalty)
+                .range(-2.0..=2.0)
+                .speed(0.05),
+        );
         row(
             ui,
             "repetition penalty",
+            true,
             egui::DragValue::new(&mut g.repetition_penalty)
                 .range(0.5..=3.0)
                 .speed(0.01),
@@ -307,14 +363,23 @@ fn decoding_menu(app: &mut FlamingoApp, ui: &mut Ui) {
         row(
             ui,
             "no-repeat n-gram",
+            true,
             egui::DragValue::new(&mut g.no_repeat_ngram_size).range(0..=10),
         );
         row(
             ui,
             "min new tokens",
+            true,
             egui::DragValue::new(&mut g.min_new_tokens).range(0..=512),
         );
     });
+    if beams {
+        ui.label(
+            RichText::new("Beam search shows its best caption when it ends (no streaming).")
+                .small()
+                .weak(),
+        );
+    }
     if ui.button("Defaults (greedy)").clicked() {
         *g = Default::default();
     }
