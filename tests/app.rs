@@ -1262,3 +1262,27 @@ fn the_decoding_menu_stays_open_greys_what_is_unused_and_has_beam_search() {
     assert_eq!(req.generation.num_beams, 3);
     assert_eq!(caption.raw_text, caption_of(&req));
 }
+
+#[test]
+fn presentation_mode_is_larger_and_hides_developer_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path());
+    ready(&mut h);
+    h.set_size(egui::vec2(1400.0, 900.0));
+    h.run();
+    assert!(h.query_by_label("status").is_some());
+    h.get_by_label("Present").click();
+    h.run();
+    assert!(h.state().settings.presentation);
+    assert_eq!(h.ctx.zoom_factor(), flamingo::app::PRESENT_ZOOM);
+    assert!(
+        h.query_by_label("status").is_none(),
+        "the status bar is hidden"
+    );
+    h.snapshot("presentation");
+    h.key_press(egui::Key::F5);
+    h.run();
+    assert!(!h.state().settings.presentation);
+    assert_eq!(h.ctx.zoom_factor(), 1.0);
+    assert!(h.query_by_label("status").is_some());
+}

@@ -8,7 +8,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::text::prompt::ShotText;
 
-pub const THUMB: u32 = 192;
+/// Thumbnails' longer side: large enough for the query's preview at its largest.
+pub const THUMB: u32 = 384;
 
 #[derive(Clone, Debug)]
 pub enum Source {

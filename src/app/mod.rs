@@ -25,6 +25,7 @@ mod reducer;
 pub mod samples;
 pub mod state;
 mod ui;
+pub use ui::PRESENT_ZOOM;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -57,6 +57,8 @@ pub struct Settings {
     pub show_crop: bool,
     /// Order ranked candidates by their mean log-probability per token instead of the sum.
     pub rank_by_mean: bool,
+    /// Presentation mode: everything larger, developer figures (timings, memory) hidden.
+    pub presentation: bool,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             media_attention: None,
             show_crop: false,
             rank_by_mean: false,
+            presentation: false,
         }
     }
 }

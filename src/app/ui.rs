@@ -9,6 +9,9 @@ use crate::text::prompt::Task;
 
 const ACCENT: Color32 = Color32::from_rgb(244, 114, 160);
 
+/// How much larger presentation mode draws everything.
+pub const PRESENT_ZOOM: f32 = 1.5;
+
 pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
     let mut cmds = Vec::new();
     let ctx = ui.ctx().clone();
@@ -28,8 +31,22 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
     {
         cmds.push(Command::Undo);
     }
+    if ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::F5)) {
+        app.settings.presentation = !app.settings.presentation;
+    }
+    // Presentation mode scales the whole window (as Ctrl + does), so every view grows alike.
+    let zoom = if app.settings.presentation {
+        PRESENT_ZOOM
+    } else {
+        1.0
+    };
+    if (ctx.zoom_factor() - zoom).abs() > f32::EPSILON {
+        ctx.set_zoom_factor(zoom);
+    }
     egui::Panel::top("top").show(ui, |ui| top_bar(app, ui, &mut cmds));
-    egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
+    if !app.settings.presentation {
+        egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
+    }
     let examples_rect = egui::Panel::left("examples")
         .resizable(true)
         .default_size(380.0)
@@ -264,6 +281,12 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
         let max_label = ui.label("Max new tokens");
         ui.add(egui::DragValue::new(&mut app.settings.max_new_tokens).range(1..=2000))
             .labelled_by(max_label.id);
+        ui.separator();
+        ui.toggle_value(&mut app.settings.presentation, "Present")
+            .on_hover_text(
+                "Presentation mode (F5): everything larger, readable from the back of a room; \
+                 timings and memory hidden.",
+            );
     });
     if let ModelState::Failed { model_id, error } = &app.status.model {
         ui.colored_label(
@@ -654,8 +677,14 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
             match &app.ws.query {
                 Some(q) => {
                     if let Some(t) = &q.thumb {
+                        // The query grows with the window: up to 40 % of its width and 30 % of
+                        // its height (the caption below stays in view).
                         let size = t.size_vec2();
-                        let scale = (220.0 / size.x.max(size.y)).min(1.5);
+                        let room = ui.ctx().content_rect();
+                        let side = (ui.available_width() * 0.4)
+                            .min(room.height() * 0.3)
+                            .clamp(180.0, 480.0);
+                        let scale = (side / size.x.max(size.y)).min(2.0);
                         let r = ui
                             .add(egui::Image::new(t).fit_to_exact_size(size * scale))
                             .rect;
