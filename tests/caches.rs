@@ -195,14 +195,20 @@ fn preparing_ahead_fills_the_caches_and_changes_no_tokens() {
     let (before, after) = caption_both(&other);
     assert_eq!(after.vision_misses, before.vision_misses);
 
+    // The stop is asked before each image and before each of its (2) vision layers.
+    // Stopped inside the first image: nothing is kept.
+    let (c, p) = prepare_stopped_after(&req, true, 1);
+    assert_eq!((p.images_encoded, p.prefix_tokens), (0, 0));
+    let again = c.prepare(&req, true, &never).unwrap();
+    assert_eq!(again.images_encoded, 3, "the stopped image was not kept");
     // Stopped after the first image: that image stays done, nothing after it.
-    let (_, p) = prepare_stopped_after(&req, true, 1);
+    let (_, p) = prepare_stopped_after(&req, true, 3);
     assert_eq!((p.images_encoded, p.prefix_tokens), (1, 0));
 
     // Stopped inside the examples' prompt (the model asks before each layer): the images
     // stay done, no half-run prompt is kept, and the request runs it with the same tokens.
-    // Two image checks, the check before the prompt, then the first layers.
-    let (fresh, p) = prepare_stopped_after(&req, false, 5);
+    // Two images' checks (3 each), the check before the prompt, then the first layers.
+    let (fresh, p) = prepare_stopped_after(&req, false, 9);
     assert_eq!((p.images_encoded, p.prefix_tokens), (2, 0));
     let before = fresh.cache_stats();
     let a = fresh.caption(&req, &cancel, |_| {}).unwrap();

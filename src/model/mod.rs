@@ -201,7 +201,6 @@ impl Flamingo {
         self.vision.forward(&pixels.to_device(&self.device)?)
     }
 
-    /// Vision tower + perceiver: pixels [N, 3, S, S] → latents [N, num_latents, width].
     /// CLIP image embeddings of images [B, C, H, W], unit length: [B, embed_dim].
     pub fn embed_images(&self, pixels: &Tensor) -> Result<Tensor> {
         self.vision.embed(pixels)
@@ -212,8 +211,21 @@ impl Flamingo {
         self.vision.embedding_fingerprint()
     }
 
+    /// Vision tower + perceiver: pixels [N, 3, S, S] → latents [N, num_latents, width].
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        let tokens = self.vision_tokens(pixels)?;
+        self.encode_images_or_stop(pixels, &|| false)
+    }
+
+    /// [`Flamingo::encode_images`] that asks `stop` before each vision layer and gives up with
+    /// [`Error::Cancelled`] when it says so (a stop waits for one layer, not a whole image).
+    pub fn encode_images_or_stop(
+        &self,
+        pixels: &Tensor,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        let tokens = self
+            .vision
+            .forward_or_stop(&pixels.to_device(&self.device)?, stop)?;
         self.perceiver.forward(&tokens)
     }
 

@@ -175,7 +175,12 @@ impl VisionTower {
 
     /// pixels [B, 3, S, S] → patch tokens [B, grid², width].
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.residual_stream(pixels)?;
+        self.forward_or_stop(pixels, &|| false)
+    }
+
+    /// [`VisionTower::forward`], asking `stop` before each block.
+    pub fn forward_or_stop(&self, pixels: &Tensor, stop: &dyn Fn() -> bool) -> Result<Tensor> {
+        let x = self.residual_stream(pixels, stop)?;
         let n = x.dim(1)?;
         Ok(x.narrow(D::Minus2, 1, n - 1)?.contiguous()?)
     }
@@ -187,7 +192,7 @@ impl VisionTower {
                 "these CLIP weights have no ln_post/proj, so they give no image embedding".into(),
             ));
         };
-        let x = self.residual_stream(pixels)?;
+        let x = self.residual_stream(pixels, &|| false)?;
         let cls = ln_post.forward(&x.narrow(D::Minus2, 0, 1)?.squeeze(1)?)?;
         let e = cls.matmul(proj)?;
         let norm = e.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
@@ -216,7 +221,7 @@ impl VisionTower {
     }
 
     /// The residual stream after the last block, class token first: [B, grid² + 1, width].
-    fn residual_stream(&self, pixels: &Tensor) -> Result<Tensor> {
+    fn residual_stream(&self, pixels: &Tensor, stop: &dyn Fn() -> bool) -> Result<Tensor> {
         let (b, c, hgt, wid) = pixels.dims4()?;
         let p = self.cfg.patch_size;
         let g = self.cfg.grid();
@@ -243,6 +248,9 @@ impl VisionTower {
         let x = x.broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
         let mut x = self.ln_pre.forward(&x)?;
         for blk in &self.blocks {
+            if stop() {
+                return Err(Error::Cancelled);
+            }
             x = blk.forward(&x)?;
         }
         Ok(x)

@@ -78,11 +78,11 @@ impl Captioner {
             let mut caches = self.lock_caches()?;
             shots
                 .iter()
-                .map(|i| self.latents(&mut caches, i))
+                .map(|i| self.latents(&mut caches, i, &|| cancel.load(Ordering::Relaxed)))
                 .collect::<Result<Vec<_>>>()?
         };
         // Encoded afresh, not from the cache: the recording needs its perceiver pass.
-        let (q, perceiver) = recording(|| self.encode(query));
+        let (q, perceiver) = recording(|| self.encode(query, &|| cancel.load(Ordering::Relaxed)));
         latents.push(q?);
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);

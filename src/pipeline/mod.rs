@@ -287,13 +287,18 @@ impl Captioner {
 
     /// An image's latents [1, num_latents, width]: from the latent cache, or encoded (and
     /// kept, when caches are on).
-    fn latents(&self, caches: &mut PromptCaches, image: &RequestImage) -> Result<Tensor> {
+    fn latents(
+        &self,
+        caches: &mut PromptCaches,
+        image: &RequestImage,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         if self.use_caches {
             if let Some(t) = caches.latents(image.key) {
                 return Ok(t);
             }
         }
-        let t = self.encode(image)?;
+        let t = self.encode(image, stop)?;
         if self.use_caches {
             caches.keep_latents(image.key, t.clone());
         }
@@ -302,8 +307,9 @@ impl Captioner {
 
     /// The one route from an image to its latents: decoded, preprocessed as the reference
     /// does, encoded by the vision tower and the perceiver.
-    fn encode(&self, image: &RequestImage) -> Result<Tensor> {
-        self.model.encode_images(&self.pixels(image)?.unsqueeze(0)?)
+    fn encode(&self, image: &RequestImage, stop: &dyn Fn() -> bool) -> Result<Tensor> {
+        self.model
+            .encode_images_or_stop(&self.pixels(image)?.unsqueeze(0)?, stop)
     }
 
     /// An image as the vision tower takes it: [3, S, S], CLIP's preprocessing.
@@ -410,7 +416,11 @@ impl Captioner {
             }
             let image = RequestImage::read(input)?;
             let misses = caches.stats.vision_misses;
-            latents.push(self.latents(&mut caches, &image)?);
+            match self.latents(&mut caches, &image, stop) {
+                Ok(l) => latents.push(l),
+                Err(Error::Cancelled) => return finish(done),
+                Err(e) => return Err(e),
+            }
             keys.push(image.key);
             done.images_encoded += (caches.stats.vision_misses - misses) as usize;
         }
@@ -461,7 +471,7 @@ impl Captioner {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            latents.push(self.latents(&mut caches, image)?);
+            latents.push(self.latents(&mut caches, image, &|| cancel.load(Ordering::Relaxed))?);
         }
         // A GPU runs asynchronously: wait for the work so that each timing holds its own.
         self.model.device().synchronize()?;
@@ -570,14 +580,16 @@ impl Captioner {
                 let mut caches = self.lock_caches()?;
                 let shot_latents = shots
                     .iter()
-                    .map(|s| self.latents(&mut caches, s))
+                    .map(|s| self.latents(&mut caches, s, &|| cancel.load(Ordering::Relaxed)))
                     .collect::<Result<Vec<_>>>()?;
                 for (i, q) in chunk.iter().enumerate() {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(Error::Cancelled);
                     }
                     let row = RequestImage::read(q)
-                        .and_then(|q| self.latents(&mut caches, &q))
+                        .and_then(|q| {
+                            self.latents(&mut caches, &q, &|| cancel.load(Ordering::Relaxed))
+                        })
                         .and_then(|q| {
                             let mut all = shot_latents.clone();
                             all.push(q);
