@@ -385,7 +385,22 @@ fn without_a_model_it_says_what_to_do() {
         .query_all_by_label_contains("Retry downloads what is missing")
         .next()
         .is_some());
+    // What to do comes first; the missing files are behind "details".
+    assert!(h
+        .query_all_by_label_contains("of its files are not in the Hugging Face cache")
+        .next()
+        .is_some());
+    assert!(h
+        .query_all_by_label_contains("checkpoint.pt")
+        .next()
+        .is_none());
     h.snapshot("no_model");
+    h.get_by_label("details").click();
+    h.run();
+    assert!(h
+        .query_all_by_label_contains("checkpoint.pt")
+        .next()
+        .is_some());
 }
 
 #[test]

@@ -13,7 +13,11 @@ pub enum ModelState {
     NotLoaded,
     Loading(String),
     Ready(ModelInfo),
-    Failed { model_id: String, error: String },
+    Failed {
+        model_id: String,
+        error: String,
+        details: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -331,9 +335,17 @@ impl EngineStatus {
                 self.count_tokens = Some(count_tokens);
                 return Some(Notice::Loaded);
             }
-            Event::LoadFailed { model_id, error } => {
+            Event::LoadFailed {
+                model_id,
+                error,
+                details,
+            } => {
                 self.download = None;
-                self.model = ModelState::Failed { model_id, error };
+                self.model = ModelState::Failed {
+                    model_id,
+                    error,
+                    details,
+                };
             }
             Event::Started { job, prompt_tokens } => {
                 if let Some(o) = self.output_of(job) {

@@ -288,11 +288,23 @@ fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                  timings and memory hidden.",
             );
     });
-    if let ModelState::Failed { model_id, error } = &app.status.model {
+    if let ModelState::Failed {
+        model_id,
+        error,
+        details,
+    } = &app.status.model
+    {
         ui.colored_label(
             Color32::from_rgb(240, 120, 100),
             format!("{model_id} could not be loaded: {error}"),
         );
+        if let Some(d) = details {
+            egui::CollapsingHeader::new("details")
+                .id_salt("load-details")
+                .show(ui, |ui| {
+                    ui.label(RichText::new(d).monospace().small());
+                });
+        }
         ui.label("Retry downloads what is missing from the Hugging Face cache (HF_HOME / HF_HUB_CACHE, default ~/.cache/huggingface/hub) and keeps what is complete; after that the app works offline. HF_ENDPOINT picks a mirror, HF_TOKEN a token, and HF_HUB_OFFLINE=1 forbids the network.");
     }
 }

@@ -169,7 +169,10 @@ pub enum Event {
     },
     LoadFailed {
         model_id: String,
+        /// What went wrong and what to do, in a sentence or two.
         error: String,
+        /// What is too long to show at once (the missing files, one a line).
+        details: Option<String>,
     },
     Started {
         job: JobId,
@@ -562,10 +565,23 @@ fn run(
                     Err(Error::Cancelled) => send(Event::LoadFailed {
                         model_id,
                         error: "download cancelled; what was complete stays in the cache".into(),
+                        details: None,
+                    }),
+                    Err(Error::MissingFiles {
+                        files, cache, hint, ..
+                    }) => send(Event::LoadFailed {
+                        model_id,
+                        error: format!(
+                            "{} of its files are not in the Hugging Face cache ({}). {hint}",
+                            files.len(),
+                            cache.display()
+                        ),
+                        details: Some(files.join("\n")),
                     }),
                     Err(e) => send(Event::LoadFailed {
                         model_id,
                         error: e.to_string(),
+                        details: None,
                     }),
                 }
             }
