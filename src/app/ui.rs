@@ -47,10 +47,13 @@ pub fn show(app: &mut FlamingoApp, ui: &mut Ui) -> Vec<Command> {
     if !app.settings.presentation {
         egui::Panel::bottom("status").show(ui, |ui| status_bar(app, ui));
     }
+    // The examples take at most 45 % of a narrow window, so the query and caption keep room.
+    let max_left = (ctx.content_rect().width() * 0.45).max(240.0);
     let examples_rect = egui::Panel::left("examples")
         .resizable(true)
-        .default_size(380.0)
-        .min_size(280.0)
+        .default_size(380.0f32.min(max_left))
+        .min_size(240.0)
+        .max_size(max_left)
         .show(ui, |ui| examples_panel(app, ui, &mut cmds))
         .response
         .rect;
@@ -493,7 +496,7 @@ fn short_model(id: &str) -> &str {
 }
 
 fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.heading("Examples");
         if ui.button("Add images…").clicked() {
             cmds.push(Command::PickImages(DropTarget::Examples));
@@ -587,7 +590,8 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                                             egui::TextEdit::multiline(&mut ex.text.caption)
                                                 .desired_rows(2)
                                                 .hint_text("caption")
-                                                .id_salt(("caption", id)),
+                                                .id_salt(("caption", id))
+                                                .desired_width(ui.available_width()),
                                         )
                                         .changed();
                                 }
@@ -596,14 +600,16 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                                         .add(
                                             egui::TextEdit::singleline(&mut ex.text.question)
                                                 .hint_text("question")
-                                                .id_salt(("q", id)),
+                                                .id_salt(("q", id))
+                                                .desired_width(ui.available_width()),
                                         )
                                         .changed();
                                     changed |= ui
                                         .add(
                                             egui::TextEdit::singleline(&mut ex.text.answer)
                                                 .hint_text("answer")
-                                                .id_salt(("a", id)),
+                                                .id_salt(("a", id))
+                                                .desired_width(ui.available_width()),
                                         )
                                         .changed();
                                 }
@@ -628,7 +634,7 @@ fn examples_panel(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) {
                                         .color(Color32::from_rgb(240, 170, 90)),
                                 );
                             }
-                            ui.horizontal(|ui| {
+                            ui.horizontal_wrapped(|ui| {
                                 if ui
                                     .add_enabled(i > 0, egui::Button::new("Up").small())
                                     .on_hover_text("move up")
@@ -670,7 +676,7 @@ fn query_area(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command>) -> eg
         .inner_margin(10.0)
         .show(ui, |ui| {
             ui.set_min_width(ui.available_width());
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.heading("Query");
                 if ui.button("Choose image…").clicked() {
                     cmds.push(Command::PickImages(DropTarget::Query));
