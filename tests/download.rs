@@ -425,3 +425,30 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Server errors: a 500 or 503 once is retried and the file ends correct; a 429 that does not
+/// go away fails with a message naming the file and the status, keeping nothing partial.
+#[test]
+fn server_errors_are_retried_then_reported() {
+    let server = HubServer::serve(&hub("hf"));
+    for code in [500, 503] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("hub");
+        server.fault("checkpoint.pt", Fault::Status(code), 1);
+        let (r, _) = download(&server, &cache, |_| {});
+        r.unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_cache_matches(&server, &cache, spec().checkpoint_repo, "checkpoint.pt");
+        assert!(partials(&cache).is_empty());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    server.fault("checkpoint.pt", Fault::Status(429), 1000);
+    let (r, _) = download(&server, &cache, |_| {});
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("checkpoint.pt") && msg.contains("429"),
+        "{msg}"
+    );
+    assert!(flamingo::hub::cached_file(&cache, spec().checkpoint_repo, "checkpoint.pt").is_none());
+    assert!(partials(&cache).is_empty(), "{:?}", partials(&cache));
+}

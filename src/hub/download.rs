@@ -506,8 +506,21 @@ pub fn verify(path: &Path, expected_size: u64) -> std::result::Result<u64, Strin
         .map_err(|e| format!("cannot open it: {e}"))?
         .len();
     if expected_size > 0 && len != expected_size {
+        // A short text in place of the file is the server's error page (a rate limit, an
+        // outage): its words say more than the sizes.
+        let said = (len < 4096)
+            .then(|| std::fs::read(&blob).ok())
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let t: String = t.chars().take(200).collect();
+                format!(" (the server sent this instead: \"{t}\")")
+            })
+            .unwrap_or_default();
         return Err(format!(
-            "it is {len} bytes, but the server announced {expected_size}"
+            "it is {len} bytes, but the server announced {expected_size}{said}"
         ));
     }
     let is_hex = |n: usize| etag.len() == n && etag.bytes().all(|b| b.is_ascii_hexdigit());

@@ -24,6 +24,8 @@ pub enum Fault {
     Truncate,
     /// Half the body, then nothing (the connection stays open).
     Stall,
+    /// An HTTP error status instead of the file (500, 503, 429…).
+    Status(u16),
 }
 
 struct Served {
@@ -267,6 +269,15 @@ fn respond(out: &mut TcpStream, st: &State, method: &str, path: &str, range: Opt
                 *f
             })
     };
+    if let Some(Fault::Status(code)) = fault {
+        let body = format!("error {code}");
+        let _ = write!(
+            out,
+            "HTTP/1.1 {code} Error\r\nContent-Length: {}\r\nRetry-After: 0\r\n\r\n{body}",
+            body.len()
+        );
+        return false;
+    }
     let (start, end) = match range.and_then(parse_range) {
         Some((a, b)) => (a.min(full), b.map(|b| (b + 1).min(full)).unwrap_or(full)),
         None => (0, full),
