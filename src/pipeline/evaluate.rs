@@ -12,6 +12,7 @@ use super::rices::Library;
 use super::Captioner;
 use crate::error::{Error, Result};
 use crate::eval::{LabelledFolder, LabelledItem, Prediction};
+use crate::generate::logits::Rng;
 use crate::generate::GenerationConfig;
 use crate::text::prompt::{ShotText, Task, Templates};
 
@@ -67,19 +68,6 @@ pub enum EvalEvent<'a> {
         shots: usize,
         error: &'a Error,
     },
-}
-
-/// A SplitMix64 stream: a reproducible draw from a seed (no dependency for a few numbers).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 fn seed_for(seed: u64, item: &LabelledItem, shots: usize) -> u64 {
@@ -166,10 +154,10 @@ impl EvalPlan {
                         candidates.len()
                     )));
                 }
-                let mut rng = SplitMix(seed_for(*seed, item, k));
+                let mut rng = Rng::new(seed_for(*seed, item, k));
                 // A partial Fisher–Yates shuffle: the first k are the draw.
                 for i in 0..k {
-                    let j = i + (rng.next() % (candidates.len() - i) as u64) as usize;
+                    let j = i + (rng.next_u64() % (candidates.len() - i) as u64) as usize;
                     candidates.swap(i, j);
                 }
                 candidates.truncate(k);
