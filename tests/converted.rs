@@ -170,6 +170,30 @@ fn a_changed_or_damaged_source_is_converted_again() {
     assert_eq!(s4, Source::Original);
     let (_, s5) = convert.read(&src, read_tensor_file).unwrap();
     assert_eq!(s5, Source::Converted);
+
+    // One flipped byte in the copy's tensor data (its header still parses): the kept CRC-32
+    // catches it, the source is read again, and the tensors are the source's.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&copy, &bytes).unwrap();
+    let (t6, s6) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!(s6, Source::Original);
+    let original = read_tensor_file(&src).unwrap();
+    for ((n1, a), (n2, b)) in t6.iter().zip(original.iter()) {
+        assert_eq!(n1, n2);
+        let f = |t: &candle_core::Tensor| {
+            t.to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(f(a), f(b), "{n1}");
+    }
+    let (_, s7) = convert.read(&src, read_tensor_file).unwrap();
+    assert_eq!(s7, Source::Converted);
 }
 
 fn load_as(hub_dir: &Path, convert: &Path, fmt: WeightFormat) -> (Captioner, f64) {

@@ -150,11 +150,14 @@ impl EvalState {
     }
 
     pub fn start(&mut self, job: JobId, folder: PathBuf) {
-        let label = if self.rices {
+        // Numbered, so that two runs of the same source (a prompt before and after a change)
+        // are two lines of their own.
+        let source = if self.rices {
             "RICES".to_string()
         } else {
-            format!("random (seed {})", self.seed)
+            format!("random, seed {}", self.seed)
         };
+        let label = format!("run {} ({source})", self.runs.len() + 1);
         self.runs.push(EvalRun {
             job,
             label,
@@ -428,6 +431,14 @@ fn curve(st: &EvalState, ui: &mut Ui) {
     for s in &summary {
         ui.label(s);
     }
+    let warnings = st
+        .runs
+        .iter()
+        .filter_map(|r| r.report.as_ref())
+        .flat_map(|r| r.warnings.iter());
+    for w in warnings {
+        ui.colored_label(ui.visuals().warn_fg_color, w);
+    }
     egui_plot::Plot::new("eval-curve")
         .height(180.0)
         .legend(egui_plot::Legend::default())
@@ -453,7 +464,7 @@ fn table(st: &mut EvalState, ui: &mut Ui, cmds: &mut Vec<Command>) {
         if st.runs.len() > 1 {
             ui.label("Run:");
             for (i, r) in st.runs.iter().enumerate() {
-                ui.selectable_value(&mut st.shown, i, format!("{} {}", i + 1, r.label));
+                ui.selectable_value(&mut st.shown, i, r.label.clone());
             }
         }
         if ui.button("Export JSONL…").clicked() {

@@ -8,8 +8,9 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
-/// Bumped when the converted layout changes; older copies are then ignored.
-const LAYOUT: &str = "flamingo-converted-1";
+/// Bumped when the converted layout changes; older copies are then ignored (2: the copy's
+/// CRC-32 is kept beside it and checked before it is used).
+const LAYOUT: &str = "flamingo-converted-2";
 
 /// Where converted copies live.
 #[derive(Clone, Debug)]
@@ -140,7 +141,9 @@ impl ConvertCache {
             .map_err(|e| Error::io(source, e))?
             .len();
         let (data, meta) = self.paths(&key);
-        if self.is_valid(&meta, size) && super::safetensors::LazySafetensors::open(&data).is_ok() {
+        if self.is_valid(&meta, &data, size)
+            && super::safetensors::LazySafetensors::open(&data).is_ok()
+        {
             return Ok((Some(data), Source::Converted));
         }
         let tensors = read(source)?;
@@ -157,14 +160,29 @@ impl ConvertCache {
         }
     }
 
-    fn is_valid(&self, meta: &Path, size: u64) -> bool {
+    /// The copy's description matches its source and layout, and the copy's bytes their
+    /// CRC-32 (a damaged copy is converted again, never used).
+    fn is_valid(&self, meta: &Path, data: &Path, size: u64) -> bool {
         let Ok(text) = std::fs::read_to_string(meta) else {
             return false;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
             return false;
         };
-        v["layout"] == LAYOUT && v["source_bytes"].as_u64() == Some(size)
+        if v["layout"] != LAYOUT || v["source_bytes"].as_u64() != Some(size) {
+            return false;
+        }
+        match (v["crc32"].as_u64(), file_crc32(data)) {
+            (Some(kept), Ok(now)) if kept == now as u64 => true,
+            (_, Ok(_)) => {
+                tracing::warn!(
+                    "the converted copy {} does not match its checksum; converting again",
+                    data.display()
+                );
+                false
+            }
+            _ => false,
+        }
     }
 
     fn write(
@@ -188,12 +206,29 @@ impl ConvertCache {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        let crc = file_crc32(data).map_err(|e| Error::io(data, e))?;
         let info = serde_json::json!({
             "layout": LAYOUT,
             "source": source.display().to_string(),
             "source_bytes": size,
+            "crc32": crc,
         });
         crate::platform::write_atomic(meta, info.to_string().as_bytes())
             .map_err(|e| Error::io(meta, e))
+    }
+}
+
+/// CRC-32 of a whole file, read in 1 MiB pieces.
+fn file_crc32(path: &Path) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
     }
 }
