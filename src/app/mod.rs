@@ -24,6 +24,7 @@ pub mod persistence;
 mod reducer;
 pub mod samples;
 pub mod state;
+mod top_bar;
 mod ui;
 pub use ui::PRESENT_ZOOM;
 
