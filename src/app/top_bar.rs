@@ -183,7 +183,7 @@ pub(super) fn top_bar(app: &mut FlamingoApp, ui: &mut Ui, cmds: &mut Vec<Command
         ui.label("Device");
         let device = match &app.status.model {
             ModelState::Ready(info) => info.device.clone(),
-            _ => device_label().to_string(),
+            _ => crate::platform::device_label().to_string(),
         };
         ui.label(RichText::new(device).strong());
         ui.separator();
@@ -381,16 +381,6 @@ fn threads_setting(threads: &mut Option<usize>, ui: &mut Ui) {
         }
     });
     ui.label(RichText::new("Threads apply at the next start.").small());
-}
-
-fn device_label() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "CUDA"
-    } else if cfg!(feature = "metal") {
-        "Metal"
-    } else {
-        "CPU"
-    }
 }
 
 fn gb(bytes: u64) -> f64 {
