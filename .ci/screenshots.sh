@@ -31,21 +31,21 @@ xdotool windowsize "$win" 1180 1000
 sleep 4
 click() { xdotool mousemove --window "$win" "$1" "$2" click 1; sleep "${3:-0.5}"; }
 shot() { xdotool mousemove --window "$win" "$1" "$2"; sleep 1.2; import -window root "$out/$3.png"; }
-click 433 372 3                     # Generate
-shot 470 474 tokens                 # a token's alternatives
-click 450 555 0.5                   # open "Shot sweep"
-click 751 578 4                     # Run sweep
+click 433 417 3                     # Generate
+shot 470 519 tokens                 # a token's alternatives
+click 450 600 0.5                   # open "Shot sweep"
+click 751 623 4                     # Run sweep
 shot 1100 900 sweep
-click 450 555 0.5                   # close it
-click 460 586 0.5                   # open "What did each example do?"
-click 470 632 4                     # Explain the caption
+click 450 600 0.5                   # close it
+click 460 631 0.5                   # open "What did each example do?"
+click 470 677 4                     # Explain the caption
 shot 1100 900 ablation
-click 460 586 0.5                   # close it
-click 450 617 0.5                   # open "Where did it look?"
-click 458 673 4                     # Show attention
-shot 500 474 attention              # the maps of the token under the pointer
-click 450 617 0.5                   # close it
-click 519 414 0.5                   # Duplicate as variant
-click 621 414 5                     # Generate both
+click 460 631 0.5                   # close it
+click 450 662 0.5                   # open "Where did it look?"
+click 458 718 4                     # Show attention
+shot 500 519 attention              # the maps of the token under the pointer
+click 450 662 0.5                   # close it
+click 519 459 0.5                   # Duplicate as variant
+click 621 459 5                     # Generate both
 shot 1100 900 variant
 echo "screenshots in $out"
