@@ -278,16 +278,8 @@ impl Decoder for GptNeoX {
             ),
             None => (q.contiguous()?, k.contiguous()?),
         };
-        let (k, v) = cache.append(k, v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let o = crate::nn::attention::attention(
-            crate::nn::attention::Site::SelfAttention,
-            &q,
-            &k,
-            &v,
-            scale,
-            Some(&step.bias),
-        )?;
+        let o = cache.attend(&q, k, v, scale, &step.bias)?;
         let x = (x + l.dense.forward(&o)?)?;
         let m =
             l.up.forward_then(&l.ln_2.forward(&x)?, Activation::GeluErf)?;

@@ -260,16 +260,8 @@ impl Decoder for Llama {
             ),
             None => (q, k),
         };
-        let (k, v) = cache.append(k, v)?;
         let scale = 1.0 / (self.rotary.dim() as f64).sqrt();
-        let o = crate::nn::attention::attention(
-            crate::nn::attention::Site::SelfAttention,
-            &q,
-            &k,
-            &v,
-            scale,
-            Some(&step.bias),
-        )?;
+        let o = cache.attend(&q, k, v, scale, &step.bias)?;
         let x = (x + l.o.forward(&o)?)?;
         let h = l.ln_2.forward(&x)?;
         let gated = (candle_nn::ops::silu(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;

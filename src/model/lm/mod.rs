@@ -271,6 +271,27 @@ impl LayerCache {
         Ok(())
     }
 
+    /// A decoder layer's self-attention: the new keys/values appended, then the queries
+    /// attend over all of them with `bias` (causal mask and ALiBi or padding, from the step).
+    pub fn attend(
+        &mut self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        scale: f64,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
+        let (k, v) = self.append(k, v)?;
+        Ok(crate::nn::attention::attention(
+            crate::nn::attention::Site::SelfAttention,
+            q,
+            &k,
+            &v,
+            scale,
+            Some(bias),
+        )?)
+    }
+
     /// Appends new keys/values [B, heads, s, head_dim] and returns all of them (views of the
     /// buffers).
     pub fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {

@@ -342,19 +342,11 @@ impl Decoder for MosaicGpt {
         let q = split_heads(&q, nh)?;
         let k = split_heads(&k, nh)?;
         let v = split_heads(&v, nh)?;
-        let (k, v) = cache.append(k, v)?;
         let scale = self
             .cfg
             .softmax_scale
             .unwrap_or(1.0 / ((d / nh) as f64).sqrt());
-        let o = crate::nn::attention::attention(
-            crate::nn::attention::Site::SelfAttention,
-            &q,
-            &k,
-            &v,
-            scale,
-            Some(&step.bias),
-        )?;
+        let o = cache.attend(&q, k, v, scale, &step.bias)?;
         let x = (x + blk.out_proj.forward(&o)?)?;
         let m = blk
             .mlp_up
