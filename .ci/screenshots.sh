@@ -6,28 +6,9 @@
 # made 1000 tall so that each view fits.
 set -euo pipefail
 bin=$1; out=$2
-root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
-tmp=$(mktemp -d)
-export XDG_RUNTIME_DIR=$tmp/run; mkdir -m 700 -p "$XDG_RUNTIME_DIR"
-export HOME=$tmp/home; mkdir -p "$HOME"
-app=; xvfb=
-trap 'kill $app $xvfb 2>/dev/null || true; rm -rf "$tmp"' EXIT
-Xvfb -displayfd 3 -screen 0 1180x1000x24 -nolisten tcp 3>"$tmp/display" >"$tmp/xvfb.log" 2>&1 &
-xvfb=$!
-for _ in $(seq 100); do [ -s "$tmp/display" ] && break; sleep 0.1; done
-export DISPLAY=:$(head -n1 "$tmp/display")
-HF_HUB_OFFLINE=1 HF_HOME="$root/tests/fixtures/hf" WGPU_BACKEND=gl \
-  "$bin" app --data-dir "$tmp/data" >"$tmp/app.log" 2>&1 &
-app=$!
-win=
-for _ in $(seq 600); do
-  win=$(xdotool search --name Flamingo 2>/dev/null | head -n1 || true)
-  [ -n "$win" ] && break
-  sleep 0.1
-done
-[ -n "$win" ] || { echo "no window"; cat "$tmp/app.log"; exit 1; }
-xdotool windowsize "$win" 1180 1000
+. "$(dirname "$0")/window.sh"
+open_window "$bin" 1180 1000
 sleep 4
 click() { xdotool mousemove --window "$win" "$1" "$2" click 1; sleep "${3:-0.5}"; }
 shot() { xdotool mousemove --window "$win" "$1" "$2"; sleep 1.2; import -window root "$out/$3.png"; }

@@ -8,29 +8,9 @@
 # another (a full-size cache made by tests/reference/make_full_size_cache.py, say, in q8_0).
 set -euo pipefail
 bin=$1; secs=$2; out=$3
-root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"; rm -f "$out/frames.jsonl"
-tmp=$(mktemp -d)
-export XDG_RUNTIME_DIR=$tmp/run; mkdir -m 700 -p "$XDG_RUNTIME_DIR"
-export HOME=$tmp/home; mkdir -p "$HOME"
-app=; xvfb=
-trap 'kill $app $xvfb 2>/dev/null || true; rm -rf "$tmp"' EXIT
-Xvfb -displayfd 3 -screen 0 1180x760x24 -nolisten tcp 3>"$tmp/display" >"$tmp/xvfb.log" 2>&1 &
-xvfb=$!
-for _ in $(seq 100); do [ -s "$tmp/display" ] && break; sleep 0.1; done
-export DISPLAY=:$(head -n1 "$tmp/display")
-[ -n "${HF_HUB_CACHE:-}" ] || export HF_HOME="${HF_HOME:-$root/tests/fixtures/hf}"
-FLAMINGO_FRAME_STATS="$out/frames.jsonl" HF_HUB_OFFLINE=1 \
-  WGPU_BACKEND=gl "$bin" app --data-dir "$tmp/data" --weights "${WEIGHTS:-f32}" >"$tmp/app.log" 2>&1 &
-app=$!
-win=
-for _ in $(seq 600); do
-  win=$(xdotool search --name Flamingo 2>/dev/null | head -n1 || true)
-  [ -n "$win" ] && break
-  sleep 0.1
-done
-[ -n "$win" ] || { echo "no window"; cat "$tmp/app.log"; exit 1; }
-xdotool windowsize "$win" 1180 760
+. "$(dirname "$0")/window.sh"
+FLAMINGO_FRAME_STATS="$out/frames.jsonl" open_window "$bin" 1180 760 --weights "${WEIGHTS:-f32}"
 sleep "${LOADWAIT:-6}"
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$app/status"; }
 rss0=$(rss)
