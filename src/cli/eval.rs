@@ -11,7 +11,7 @@ use super::{progress, TaskArg};
 use crate::eval::{self, EvalReport, LabelledFolder, Prediction};
 use crate::generate::GenerationConfig;
 use crate::hub::DEFAULT_MODEL;
-use crate::pipeline::evaluate::{example_text, EvalEvent, EvalPlan, ExampleSource};
+use crate::pipeline::evaluate::{EvalEvent, EvalPlan, ExampleSource};
 use crate::pipeline::{CaptionRequest, Captioner, ImageInput, Shot};
 use crate::text::prompt::{preset, Task};
 use crate::types::WeightFormat;
@@ -296,39 +296,19 @@ pub(crate) fn rices_shots(
     k: usize,
     req: &CaptionRequest,
 ) -> anyhow::Result<Vec<Shot>> {
-    let folder = LabelledFolder::load(dir)?;
-    if folder.task != req.task {
-        anyhow::bail!(
-            "{} holds {} labels; the request is {}",
-            dir.display(),
-            task_name(folder.task),
-            task_name(req.task)
-        );
-    }
-    let lib = captioner.library(
-        folder,
+    let picked = captioner.rices_examples(
+        dir,
+        &req.query,
+        k,
+        req.task,
         Some(&crate::platform::app_cache_dir()),
         &AtomicBool::new(false),
-        |_, _| {},
     )?;
-    let query = captioner.embed_image(&req.query)?;
-    let bytes = req.query.bytes()?;
-    let picked = lib.most_similar(&query, k, Some(&bytes));
-    if picked.len() < k {
-        anyhow::bail!(
-            "--shots {k}, but {} has only {} other images",
-            dir.display(),
-            picked.len()
-        );
-    }
     Ok(picked
         .into_iter()
-        .map(|i| {
-            let item = &lib.folder.items[i];
-            Shot {
-                image: ImageInput::Path(item.image.clone()),
-                text: example_text(req.task, item),
-            }
+        .map(|(image, text)| Shot {
+            image: ImageInput::Path(image),
+            text,
         })
         .collect())
 }

@@ -733,45 +733,17 @@ fn run_job(
             query,
             k,
             task,
-        } => {
-            let data = crate::eval::LabelledFolder::load(&folder)?;
-            if data.task != task {
-                return Err(Error::Invalid(format!(
-                    "{} holds {} labels; the working set is {}",
-                    folder.display(),
-                    if data.task == crate::text::prompt::Task::Vqa {
-                        "question"
-                    } else {
-                        "caption"
-                    },
-                    if task == crate::text::prompt::Task::Vqa {
-                        "VQA"
-                    } else {
-                        "captions"
-                    },
-                )));
-            }
-            let lib = c.library(
-                data,
+        } => Ok(Event::ExamplesPicked {
+            job,
+            examples: c.rices_examples(
+                &folder,
+                &query,
+                k,
+                task,
                 Some(&crate::platform::app_cache_dir()),
                 cancel,
-                |_, _| {},
-            )?;
-            let e = c.embed_image(&query)?;
-            let bytes = query.bytes()?;
-            let examples = lib
-                .most_similar(&e, k, Some(&bytes))
-                .into_iter()
-                .map(|i| {
-                    let item = &lib.folder.items[i];
-                    (
-                        item.image.clone(),
-                        crate::pipeline::evaluate::example_text(task, item),
-                    )
-                })
-                .collect();
-            Ok(Event::ExamplesPicked { job, examples })
-        }
+            )?,
+        }),
         Request::Evaluate { job, spec } => {
             evaluate(c, job, &spec, cancel, send)?;
             Ok(Event::EvalFinished { job })

@@ -156,6 +156,57 @@ impl Captioner {
     }
 }
 
+impl Captioner {
+    /// The `k` examples of the labelled folder `folder` most like `query`, most similar last,
+    /// each as an image path and its text (a caption's first reference, a question's most
+    /// given answer); the folder's labels must be of `task`. Embeddings are kept in
+    /// `cache_dir`.
+    pub fn rices_examples(
+        &self,
+        folder: &Path,
+        query: &ImageInput,
+        k: usize,
+        task: crate::text::prompt::Task,
+        cache_dir: Option<&Path>,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<(PathBuf, crate::text::prompt::ShotText)>> {
+        let data = LabelledFolder::load(folder)?;
+        if data.task != task {
+            let name = |t| match t {
+                crate::text::prompt::Task::Caption => "caption",
+                crate::text::prompt::Task::Vqa => "VQA",
+            };
+            return Err(Error::Invalid(format!(
+                "{} holds {} labels; the request is {}",
+                folder.display(),
+                name(data.task),
+                name(task)
+            )));
+        }
+        let lib = self.library(data, cache_dir, cancel, |_, _| {})?;
+        let e = self.embed_image(query)?;
+        let bytes = query.bytes()?;
+        let picked = lib.most_similar(&e, k, Some(&bytes));
+        if picked.len() < k {
+            return Err(Error::Invalid(format!(
+                "{k} examples asked for, but {} has only {} other images",
+                folder.display(),
+                picked.len()
+            )));
+        }
+        Ok(picked
+            .into_iter()
+            .map(|i| {
+                let item = &lib.folder.items[i];
+                (
+                    item.image.clone(),
+                    super::evaluate::example_text(task, item),
+                )
+            })
+            .collect())
+    }
+}
+
 impl Library {
     /// The `k` items most similar to `query` (an embedding), most similar last; an item with
     /// the same image content as `query_image` is left out (a query is not its own example).
