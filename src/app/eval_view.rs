@@ -43,14 +43,24 @@ pub struct EvalRun {
     pub done: usize,
     pub total: usize,
     pub phase: RunPhase,
-    /// The scores of `rows` (recomputed as rows come in).
+    /// The scores of `rows`: recomputed at most once a second while rows come in (CIDEr-D
+    /// scores the whole corpus each time, on the UI thread) and always when the run ends.
     pub report: Option<EvalReport>,
+    /// How many rows `report` covers, and when it was computed.
+    scored: (usize, Option<std::time::Instant>),
     images: HashMap<String, PathBuf>,
 }
 
 impl EvalRun {
-    fn rescore(&mut self) {
-        self.report = (!self.rows.is_empty()).then(|| eval::score(self.task, &self.rows));
+    fn rescore(&mut self, now: bool) {
+        let due = self
+            .scored
+            .1
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if self.rows.len() != self.scored.0 && (now || due) {
+            self.report = (!self.rows.is_empty()).then(|| eval::score(self.task, &self.rows));
+            self.scored = (self.rows.len(), Some(std::time::Instant::now()));
+        }
     }
 
     /// Each row's own score (its place in its shot count's group).
@@ -169,6 +179,7 @@ impl EvalState {
             total: 0,
             phase: RunPhase::Running,
             report: None,
+            scored: (0, None),
             images: HashMap::new(),
         });
         self.shown = self.runs.len() - 1;
@@ -234,7 +245,7 @@ impl EvalState {
                 run.rows.push(prediction.clone());
                 run.done = *done;
                 run.total = *total;
-                run.rescore();
+                run.rescore(false);
                 None
             }
             Event::EvalItemFailed {
@@ -251,16 +262,19 @@ impl EvalState {
                 let run = self.run_of(*job)?;
                 run.phase = RunPhase::Done;
                 run.done = run.total;
+                run.rescore(true);
                 None
             }
             Event::Cancelled { job } => {
                 let run = self.run_of(*job)?;
                 run.phase = RunPhase::Stopped;
+                run.rescore(true);
                 None
             }
             Event::Failed { job, error } => {
                 let run = self.run_of(*job)?;
                 run.phase = RunPhase::Failed(error.clone());
+                run.rescore(true);
                 Some(format!("The evaluation failed: {error}"))
             }
             _ => None,
@@ -536,7 +550,11 @@ fn table(st: &mut EvalState, ui: &mut Ui, cmds: &mut Vec<Command>) {
                             ui.label(RichText::new(format!("{q}{}", p.prediction)).strong());
                             ui.label(RichText::new(p.references.join(" | ")).weak().small());
                         });
-                        ui.label(metric_text(metric, scores[i]));
+                        if i < run.scored.0 {
+                            ui.label(metric_text(metric, scores[i]));
+                        } else {
+                            ui.label("…").on_hover_text("scored within a second");
+                        }
                         ui.end_row();
                     }
                 });
